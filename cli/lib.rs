@@ -1,0 +1,69 @@
+//! git-theta's command line: the commands people run (`inspect`, `example`,
+//! ...) and, later, the git drivers. The tensor work is `theta_engine`'s;
+//! this crate parses arguments, prints, and maps errors to exit codes.
+//!
+//! stdout carries the command's output (and, for drivers, the protocol);
+//! every log line and error goes to stderr.
+
+pub mod commands;
+pub mod format;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Version control for machine-learning models.
+#[derive(Debug, Parser)]
+#[command(name = "git-theta", bin_name = "git theta", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List a checkpoint's tensors, dtypes, shapes and sizes (headers only).
+    Inspect(commands::inspect::Args),
+    /// Write a small, deterministic example model to try git-theta on.
+    Example(commands::example::Args),
+}
+
+/// Runs the command line given by `args` and returns the process exit code.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Inspect(args) => commands::inspect::run(&args),
+        Command::Example(args) => commands::example::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("git-theta: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A reader of our output went away (`git theta inspect x | head`): not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}

@@ -1,0 +1,152 @@
+//! A single safetensors file, memory-mapped.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::header::{self, Entry, Header, MAX_HEADER_LEN};
+use crate::error::FormatProblem;
+use crate::tensor::{Metadata, TensorInfo, TensorView};
+use crate::{Error, Result};
+
+/// A safetensors file opened through a read-only memory map.
+///
+/// Opening reads and validates the header only; tensor bytes are paged in
+/// when a view of them is read, so opening a multi-gigabyte file is instant.
+/// As with any memory map, the file must not be truncated or rewritten in
+/// place while it is open (git-theta itself always writes through a
+/// temporary file and a rename).
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    header_len: usize,
+    header: Header,
+    infos: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+}
+
+impl SafetensorsFile {
+    /// Opens and validates `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let bad = |tensor: Option<String>, problem| Error::Format {
+            path: path.clone(),
+            tensor,
+            problem,
+        };
+        if len < 8 {
+            return Err(bad(None, FormatProblem::TooShort { len }));
+        }
+        // SAFETY: the map is read-only; see the type's documentation for the
+        // usual caveat about files changed underneath a map.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&mmap[..8]);
+        let claimed = u64::from_le_bytes(prefix);
+        if claimed > MAX_HEADER_LEN {
+            return Err(bad(
+                None,
+                FormatProblem::HeaderTooLarge {
+                    claimed,
+                    limit: MAX_HEADER_LEN,
+                },
+            ));
+        }
+        let available = len - 8;
+        if claimed > available {
+            return Err(bad(
+                None,
+                FormatProblem::HeaderBeyondFile { claimed, available },
+            ));
+        }
+        let header_len = claimed as usize;
+        let data_len = available - claimed;
+        let header =
+            header::parse(&mmap[8..8 + header_len], Some(data_len)).map_err(|(t, p)| bad(t, p))?;
+        let infos: Vec<TensorInfo> = header.entries.iter().map(|e| e.info.clone()).collect();
+        let by_name = infos
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(SafetensorsFile {
+            path,
+            mmap,
+            header_len,
+            header,
+            infos,
+            by_name,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Total length of the file in bytes.
+    pub fn len(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+
+    /// Whether the file is empty (never true for a valid file).
+    pub fn is_empty(&self) -> bool {
+        self.mmap.is_empty()
+    }
+
+    /// The exact JSON header bytes, trailing padding included.
+    pub fn header_bytes(&self) -> &[u8] {
+        &self.mmap[8..8 + self.header_len]
+    }
+
+    /// `__metadata__`, in file order.
+    pub fn metadata(&self) -> &Metadata {
+        &self.header.metadata
+    }
+
+    /// Tensors in the order of their bytes in the file.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.infos
+    }
+
+    /// Validated header entries (with offsets), in the order of their bytes.
+    pub fn entries(&self) -> &[Entry] {
+        &self.header.entries
+    }
+
+    /// Looks a tensor up by name.
+    pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
+        self.by_name.get(name).map(|&i| self.view(i))
+    }
+
+    /// The `i`-th tensor in byte order.
+    pub fn view(&self, i: usize) -> TensorView<'_> {
+        let e = &self.header.entries[i];
+        let start = 8 + self.header_len + e.begin as usize;
+        TensorView {
+            info: &self.infos[i],
+            data: &self.mmap[start..start + (e.end - e.begin) as usize],
+        }
+    }
+
+    /// Looks a tensor up by name, with an error naming the file if absent.
+    pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
+        self.get(name).ok_or_else(|| Error::NoSuchTensor {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Debug for SafetensorsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafetensorsFile")
+            .field("path", &self.path)
+            .field("tensors", &self.infos.len())
+            .finish()
+    }
+}
