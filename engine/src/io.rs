@@ -28,9 +28,24 @@ impl AtomicFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
+        let mut builder = tempfile::Builder::new();
+        let prefix = format!(".{name}.");
+        builder.prefix(&prefix).suffix(".tmp");
+        // A replaced file keeps its mode; a new one gets the usual 0666 less
+        // the umask (tempfile's own default, 0600, would hide it from others).
+        match std::fs::metadata(&target) {
+            Ok(m) => {
+                builder.permissions(m.permissions());
+            }
+            #[cfg(unix)]
+            Err(_) => {
+                use std::os::unix::fs::PermissionsExt;
+                builder.permissions(std::fs::Permissions::from_mode(0o666));
+            }
+            #[cfg(not(unix))]
+            Err(_) => {}
+        }
+        let tmp = builder
             .tempfile_in(dir)
             .map_err(|e| Error::io(&target, e))?;
         Ok(AtomicFile {
@@ -115,5 +130,25 @@ mod tests {
             1,
             "temp file removed"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn new_files_follow_the_umask_and_replaced_files_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = dir.path().join("fresh");
+        write_atomic(&fresh, b"x").expect("write");
+        // What File::create gives under this process's umask.
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).expect("create");
+        assert_eq!(mode(&fresh), mode(&plain));
+
+        let kept = dir.path().join("kept");
+        std::fs::write(&kept, b"old").expect("write");
+        std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        write_atomic(&kept, b"new").expect("write");
+        assert_eq!(mode(&kept), 0o640);
     }
 }
