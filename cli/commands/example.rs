@@ -122,15 +122,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.dir.join("config.json"),
         shape.config_json(args.dtype).as_bytes(),
     )?;
+    let shards = written
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .count();
     let params = shape.params();
     eprintln!(
-        "wrote a Llama-shaped example model: {} parameters ({}), {} tensors, {} in {} file{} under {}",
-        params,
+        "wrote a Llama-shaped example model: {params} parameters ({}), {} tensors, {} in {} under {}",
         format::count(params),
         tensors.len(),
         format::bytes(params * args.dtype.size() as u64),
-        written.len(),
-        if written.len() == 1 { "" } else { "s" },
+        if shards == 1 {
+            "1 file".to_owned()
+        } else {
+            format!("{shards} shards with an index")
+        },
         args.dir.display()
     );
     Ok(())
