@@ -9,6 +9,7 @@
 //! - [`checkpoint`]: format-independent access ([`checkpoint::open`]) behind
 //!   the [`checkpoint::CheckpointFormat`] registry.
 //! - [`convert`]: F64/F32/F16/BF16 conversions, vectorised and parallel.
+//! - [`merge`]: mergekit configurations, parameters and method specs.
 //! - [`synth`]: deterministic Llama-shaped models for examples and benches.
 //! - [`io`]: atomic file writes.
 //! - [`Error`]: every error names the file and tensor involved.
@@ -18,6 +19,7 @@ pub mod convert;
 mod dtype;
 mod error;
 pub mod io;
+pub mod merge;
 pub mod safetensors;
 pub mod synth;
 mod tensor;
