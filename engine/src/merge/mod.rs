@@ -8,10 +8,12 @@
 pub mod config;
 pub mod methods;
 pub mod params;
+pub mod plan;
 
 pub use config::{ConfigError, MergeConfig, Parameters};
 pub use methods::{BasePolicy, MethodSpec, ParamSpec, Scope};
 pub use params::{Kind, Setting, Value};
+pub use plan::{MergePlan, PlannedInput, TensorPlan, plan};
 
 /// Checks what can be checked of `config` without reading any model: the
 /// method exists, every parameter named anywhere is one of the method's, the
@@ -71,7 +73,7 @@ pub fn check(config: &MergeConfig) -> Result<&'static MethodSpec, String> {
     };
     for (base, inputs) in groups {
         let mut all: Vec<&str> = inputs.clone();
-        if let Some(b) = base.filter(|b| !all.contains(b)) {
+        if let Some(b) = base.filter(|b| !all.contains(b) && method.base != BasePolicy::Ignored) {
             all.push(b);
         }
         let non_base = all.iter().filter(|m| Some(**m) != base).count();
