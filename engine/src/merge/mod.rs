@@ -9,11 +9,13 @@ pub mod config;
 pub mod methods;
 pub mod params;
 pub mod plan;
+pub mod run;
 
 pub use config::{ConfigError, MergeConfig, Parameters};
 pub use methods::{BasePolicy, MethodSpec, ParamSpec, Scope};
 pub use params::{Kind, Setting, Value};
 pub use plan::{MergePlan, PlannedInput, TensorPlan, plan};
+pub use run::{OutputOptions, Passthrough, TensorMerge, run};
 
 /// Checks what can be checked of `config` without reading any model: the
 /// method exists, every parameter named anywhere is one of the method's, the
