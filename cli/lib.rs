@@ -29,6 +29,8 @@ pub enum Command {
     Inspect(commands::inspect::Args),
     /// Write a small, deterministic example model to try git-theta on.
     Example(commands::example::Args),
+    /// Merge models as mergekit does (a mergekit YAML config, or --method ...).
+    Merge(commands::merge::Args),
 }
 
 /// Runs the command line given by `args` and returns the process exit code.
@@ -47,6 +49,7 @@ where
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Example(args) => commands::example::run(&args),
+        Command::Merge(args) => commands::merge::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
