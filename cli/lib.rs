@@ -7,6 +7,7 @@
 
 pub mod commands;
 pub mod format;
+pub mod vcs;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -29,6 +30,25 @@ pub enum Command {
     Inspect(commands::inspect::Args),
     /// Write a small, deterministic example model to try git-theta on.
     Example(commands::example::Args),
+    /// Configure git to run git-theta for tracked files (and check git-lfs).
+    Install(commands::install::Scope),
+    /// Remove the configuration `install` added.
+    Uninstall(commands::install::Scope),
+    /// Track file patterns with git-theta (.gitattributes); no pattern: list them.
+    Track(commands::track::Args),
+    /// Stop tracking file patterns.
+    Untrack(commands::track::Args),
+    /// List the files in the index that git-theta tracks.
+    LsFiles,
+    /// Long-running filter process git talks to (plumbing).
+    #[command(hide = true)]
+    FilterProcess,
+    /// Single-shot clean: checkpoint on stdin, manifest on stdout (plumbing).
+    #[command(hide = true)]
+    Clean(commands::filter::PathArgs),
+    /// Single-shot smudge: manifest on stdin, checkpoint on stdout (plumbing).
+    #[command(hide = true)]
+    Smudge(commands::filter::PathArgs),
 }
 
 /// Runs the command line given by `args` and returns the process exit code.
@@ -47,6 +67,14 @@ where
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Example(args) => commands::example::run(&args),
+        Command::Install(scope) => commands::install::run_install(&scope),
+        Command::Uninstall(scope) => commands::install::run_uninstall(&scope),
+        Command::Track(args) => commands::track::run_track(&args),
+        Command::Untrack(args) => commands::track::run_untrack(&args),
+        Command::LsFiles => commands::track::run_ls_files(),
+        Command::FilterProcess => commands::filter::run_process(),
+        Command::Clean(args) => commands::filter::run_clean(&args),
+        Command::Smudge(args) => commands::filter::run_smudge(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,7 @@
 //! One module per command.
 
 pub mod example;
+pub mod filter;
 pub mod inspect;
+pub mod install;
+pub mod track;
