@@ -1,6 +1,7 @@
 //! The filter plumbing git runs: `filter-process` (the long-running filter
 //! that `git theta install` configures), and single-shot `clean`/`smudge`.
 
+use std::cell::Cell;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use anyhow::Context;
@@ -10,7 +11,7 @@ use crate::vcs::clean::{self, CleanOptions};
 use crate::vcs::filter::{self, FilterHandler};
 use crate::vcs::git;
 use crate::vcs::smudge::{self, Fetcher, NoFetch};
-use crate::vcs::store::Store;
+use crate::vcs::store::{ObjectSink, Store, StoreError};
 
 /// Arguments of the single-shot `clean` and `smudge`.
 #[derive(Debug, clap::Args)]
@@ -50,8 +51,17 @@ impl FilterHandler for ThetaFilter {
         input: &mut dyn Read,
         out: &mut dyn Write,
     ) -> Result<(), String> {
-        let summary =
-            clean::clean(input, out, &self.store, &self.options).map_err(|e| e.to_string())?;
+        let summary = match fault_abort_after() {
+            Some(n) => {
+                let sink = AbortAfter {
+                    inner: &self.store,
+                    left: Cell::new(n),
+                };
+                clean::clean(input, out, &sink, &self.options)
+            }
+            None => clean::clean(input, out, &self.store, &self.options),
+        }
+        .map_err(|e| e.to_string())?;
         if std::env::var_os("GIT_THETA_TRACE").is_some() {
             eprintln!(
                 "git-theta: clean {path}: {} objects, {} new ({} bytes)",
@@ -68,6 +78,34 @@ impl FilterHandler for ThetaFilter {
         out: &mut dyn Write,
     ) -> Result<(), String> {
         smudge::smudge(input, out, &self.store, self.fetcher.as_mut()).map_err(|e| e.to_string())
+    }
+}
+
+/// Fault injection for tests: `GIT_THETA_FAULT_ABORT_AFTER_OBJECTS=N` makes
+/// clean abort the process, as a kill would, once it has written N objects.
+fn fault_abort_after() -> Option<u64> {
+    std::env::var("GIT_THETA_FAULT_ABORT_AFTER_OBJECTS")
+        .ok()?
+        .parse()
+        .ok()
+}
+
+struct AbortAfter<'a> {
+    inner: &'a Store,
+    left: Cell<u64>,
+}
+
+impl ObjectSink for AbortAfter<'_> {
+    fn put(&self, oid: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+        let new = self.inner.put(oid, bytes)?;
+        if new {
+            self.left.set(self.left.get().saturating_sub(1));
+            if self.left.get() == 0 {
+                eprintln!("git-theta: aborting on purpose (GIT_THETA_FAULT_ABORT_AFTER_OBJECTS)");
+                std::process::abort();
+            }
+        }
+        Ok(new)
     }
 }
 
