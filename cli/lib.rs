@@ -40,6 +40,8 @@ pub enum Command {
     Untrack(commands::track::Args),
     /// List the files in the index that git-theta tracks.
     LsFiles,
+    /// Show which tensors of tracked checkpoints are staged or modified.
+    Status,
     /// Long-running filter process git talks to (plumbing).
     #[command(hide = true)]
     FilterProcess,
@@ -72,6 +74,7 @@ where
         Command::Track(args) => commands::track::run_track(&args),
         Command::Untrack(args) => commands::track::run_untrack(&args),
         Command::LsFiles => commands::track::run_ls_files(),
+        Command::Status => commands::status::run(),
         Command::FilterProcess => commands::filter::run_process(),
         Command::Clean(args) => commands::filter::run_clean(&args),
         Command::Smudge(args) => commands::filter::run_smudge(&args),

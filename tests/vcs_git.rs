@@ -254,3 +254,24 @@ fn install_track_untrack_are_idempotent() {
     );
     assert!(!out.status.success(), "removed");
 }
+
+#[test]
+fn status_names_staged_and_unstaged_tensors() {
+    let s = Sandbox::new();
+    let repo = s.repo("repo");
+    example(&s, &repo, "m", "1", &[]);
+    s.git(&repo, &["add", "."]);
+    s.git(&repo, &["commit", "-qm", "v1"]);
+    let out = s.git(&repo, &["theta", "status"]);
+    assert!(out.contains("nothing changed"), "{out}");
+    let model = repo.join("m/model.safetensors");
+    poke_tensor(&model, "model.norm.weight");
+    s.git(&repo, &["add", "."]);
+    poke_tensor(&model, "model.layers.0.mlp.up_proj.weight");
+    let out = s.git(&repo, &["theta", "status"]);
+    let staged = out.find("staged (HEAD → index): 1 tensor(s)\n    modified  model.norm.weight");
+    let unstaged = out.find(
+        "not staged (index → working tree): 1 tensor(s)\n    modified  model.layers.0.mlp.up_proj.weight",
+    );
+    assert!(staged.is_some() && unstaged.is_some(), "{out}");
+}

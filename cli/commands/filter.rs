@@ -20,6 +20,16 @@ pub struct PathArgs {
     pub path: Option<String>,
 }
 
+/// Clean options from git config (`theta.chunkSize`).
+pub fn clean_options() -> anyhow::Result<CleanOptions> {
+    let mut options = CleanOptions::default();
+    if let Some(s) = git::config_get("theta.chunkSize")? {
+        options.chunk_size =
+            parse_size(&s).map_err(|e| anyhow::anyhow!("git config theta.chunkSize: {e}"))?;
+    }
+    Ok(options)
+}
+
 /// Clean and smudge with this repository's store and settings.
 pub struct ThetaFilter {
     store: Store,

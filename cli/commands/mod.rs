@@ -4,4 +4,5 @@ pub mod example;
 pub mod filter;
 pub mod inspect;
 pub mod install;
+pub mod status;
 pub mod track;

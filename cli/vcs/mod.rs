@@ -5,12 +5,14 @@
 //! - [`manifest`]: the on-disk format (spec: `docs/manifest.md`).
 //! - [`store`]: content-addressed objects under `.git/lfs/objects`.
 //! - [`codec`]: how an object encodes its bytes.
+//! - [`compare`]: which tensors differ between two manifests.
 //! - [`clean`] / [`smudge`]: checkpoint → manifest + objects and back.
 //! - [`pktline`] / [`filter`]: git's long-running filter protocol.
 //! - [`git`]: running git.
 
 pub mod clean;
 pub mod codec;
+pub mod compare;
 pub mod filter;
 pub mod git;
 pub mod manifest;
