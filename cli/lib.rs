@@ -48,6 +48,9 @@ pub enum Command {
     /// Single-shot clean: checkpoint on stdin, manifest on stdout (plumbing).
     #[command(hide = true)]
     Clean(commands::filter::PathArgs),
+    /// The pre-push hook: push the pushed commits' objects through git-lfs (plumbing).
+    #[command(hide = true)]
+    PrePush(commands::filter::PrePushArgs),
     /// Single-shot smudge: manifest on stdin, checkpoint on stdout (plumbing).
     #[command(hide = true)]
     Smudge(commands::filter::PathArgs),
@@ -78,6 +81,7 @@ where
         Command::FilterProcess => commands::filter::run_process(),
         Command::Clean(args) => commands::filter::run_clean(&args),
         Command::Smudge(args) => commands::filter::run_smudge(&args),
+        Command::PrePush(args) => commands::filter::run_pre_push(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -275,3 +275,81 @@ fn status_names_staged_and_unstaged_tensors() {
     );
     assert!(staged.is_some() && unstaged.is_some(), "{out}");
 }
+
+#[test]
+fn push_sends_objects_through_git_lfs_and_clone_fetches_only_what_it_needs() {
+    let s = Sandbox::new();
+    let remote = s.tmp.path().join("remote.git");
+    std::fs::create_dir_all(&remote).expect("mkdir");
+    s.git(&remote, &["init", "-q", "--bare"]);
+    let url = format!("file://{}", remote.display());
+    let repo = s.repo("repo");
+    // A hook already there (as git-lfs's would be) keeps running.
+    let hooks = repo.join(".git/hooks");
+    std::fs::create_dir_all(&hooks).expect("hooks");
+    std::fs::write(
+        hooks.join("pre-push"),
+        "#!/bin/sh\ncat > \"$(git rev-parse --git-dir)/old-hook-ran\"\n",
+    )
+    .expect("hook");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            hooks.join("pre-push"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+    }
+    s.git(&repo, &["theta", "install", "--local"]);
+    s.git(&repo, &["theta", "install", "--local"]);
+    example(&s, &repo, "m", "1", &[]);
+    let model = repo.join("m/model.safetensors");
+    s.git(&repo, &["add", "."]);
+    s.git(&repo, &["commit", "-qm", "v1"]);
+    let v1_objects = objects(&repo).len();
+    poke_tensor(&model, "model.norm.weight");
+    s.git(&repo, &["commit", "-qam", "v2"]);
+    let v2 = sha256_file(&model);
+    s.git(&repo, &["remote", "add", "origin", &url]);
+    s.git(&repo, &["push", "-q", "origin", "main"]);
+    let old_hook_input =
+        std::fs::read_to_string(repo.join(".git/old-hook-ran")).expect("chained hook ran");
+    assert!(
+        old_hook_input.contains("refs/heads/main"),
+        "{old_hook_input}"
+    );
+    let remote_objects = objects_under(&remote.join("lfs/objects"));
+    assert_eq!(remote_objects, objects(&repo).len(), "everything pushed");
+    assert_eq!(remote_objects, v1_objects + 1);
+
+    let clone = s.tmp.path().join("clone");
+    let out = s.run(s.tmp.path(), "git", &["clone", "-q", &url, "clone"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_file(&clone.join("m/model.safetensors")), v2);
+    assert_clean_status(&s, &clone);
+    // Only v2's objects came: v1's old norm weight did not.
+    assert_eq!(objects(&clone).len(), v1_objects);
+    s.git(&clone, &["checkout", "-q", "HEAD~1"]);
+    assert_eq!(objects(&clone).len(), v1_objects + 1, "fetched on checkout");
+    assert_clean_status(&s, &clone);
+}
+
+fn objects_under(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}

@@ -10,8 +10,11 @@ use crate::commands::example::parse_size;
 use crate::vcs::clean::{self, CleanOptions};
 use crate::vcs::filter::{self, FilterHandler};
 use crate::vcs::git;
-use crate::vcs::smudge::{self, Fetcher, NoFetch};
+use crate::vcs::manifest::{Manifest, looks_like_manifest};
+use crate::vcs::smudge::{self, Fetcher};
 use crate::vcs::store::{ObjectSink, Store, StoreError};
+use crate::vcs::transport::LfsFetcher;
+use crate::vcs::{hooks, transport};
 
 /// Arguments of the single-shot `clean` and `smudge`.
 #[derive(Debug, clap::Args)]
@@ -28,6 +31,21 @@ pub fn clean_options() -> anyhow::Result<CleanOptions> {
             parse_size(&s).map_err(|e| anyhow::anyhow!("git config theta.chunkSize: {e}"))?;
     }
     Ok(options)
+}
+
+/// `options`, reusing the chunking of the manifest the index holds for
+/// `path`, if any.
+pub fn options_for(options: &CleanOptions, path: &str) -> CleanOptions {
+    let staged = git::output(&["cat-file", "blob", &format!(":{path}")], None);
+    match staged {
+        Ok(out) if out.success && looks_like_manifest(&out.stdout) => {
+            match Manifest::parse(&out.stdout) {
+                Ok(m) => options.clone().with_previous(&m),
+                Err(_) => options.clone(),
+            }
+        }
+        _ => options.clone(),
+    }
 }
 
 /// Clean and smudge with this repository's store and settings.
@@ -49,7 +67,7 @@ impl ThetaFilter {
         Ok(ThetaFilter {
             store,
             options,
-            fetcher: Box::new(NoFetch),
+            fetcher: Box::new(LfsFetcher),
         })
     }
 }
@@ -61,15 +79,16 @@ impl FilterHandler for ThetaFilter {
         input: &mut dyn Read,
         out: &mut dyn Write,
     ) -> Result<(), String> {
+        let options = options_for(&self.options, path);
         let summary = match fault_abort_after() {
             Some(n) => {
                 let sink = AbortAfter {
                     inner: &self.store,
                     left: Cell::new(n),
                 };
-                clean::clean(input, out, &sink, &self.options)
+                clean::clean(input, out, &sink, &options)
             }
-            None => clean::clean(input, out, &self.store, &self.options),
+            None => clean::clean(input, out, &self.store, &options),
         }
         .map_err(|e| e.to_string())?;
         if std::env::var_os("GIT_THETA_TRACE").is_some() {
@@ -122,6 +141,11 @@ impl ObjectSink for AbortAfter<'_> {
 /// Runs `filter-process`: serves git on stdin/stdout until it hangs up.
 pub fn run_process() -> anyhow::Result<()> {
     let mut handler = ThetaFilter::for_current_repo()?;
+    // Like git-lfs, make sure every repository the filter runs in (a fresh
+    // clone included) has the hook that pushes objects.
+    if let Err(e) = hooks::ensure_pre_push() {
+        eprintln!("git-theta: warning: pre-push hook not installed: {e}");
+    }
     let stdin = io::stdin().lock();
     let stdout = io::stdout().lock();
     filter::serve(
@@ -153,5 +177,47 @@ pub fn run_smudge(args: &PathArgs) -> anyhow::Result<()> {
         .smudge(path, &mut BufReader::new(io::stdin().lock()), &mut out)
         .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
     out.flush()?;
+    Ok(())
+}
+
+/// Arguments of the `pre-push` hook command.
+#[derive(Debug, clap::Args)]
+pub struct PrePushArgs {
+    /// The remote's name.
+    pub remote: String,
+    /// The remote's URL.
+    pub url: Option<String>,
+}
+
+/// Runs `pre-push`: pushes the objects of the pushed commits' manifests,
+/// then runs the previously installed hook, if any.
+pub fn run_pre_push(args: &PrePushArgs) -> anyhow::Result<()> {
+    let stdin = transport::read_stdin()?;
+    let store = Store::new(git::lfs_dir()?);
+    transport::pre_push(&args.remote, &stdin, &store)?;
+    if let Some(hook) = std::env::var_os("GIT_THETA_HOOK") {
+        let mut chained = std::path::PathBuf::from(hook).into_os_string();
+        chained.push(hooks::CHAINED_SUFFIX);
+        let chained = std::path::PathBuf::from(chained);
+        if chained.is_file() {
+            let mut cmd = std::process::Command::new(&chained);
+            cmd.arg(&args.remote);
+            if let Some(url) = &args.url {
+                cmd.arg(url);
+            }
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot run {}", chained.display()))?;
+            if let Some(mut pipe) = child.stdin.take() {
+                // The chained hook may not read its input.
+                let _ = pipe.write_all(stdin.as_bytes());
+            }
+            let status = child.wait()?;
+            if !status.success() {
+                anyhow::bail!("{} failed ({status})", chained.display());
+            }
+        }
+    }
     Ok(())
 }

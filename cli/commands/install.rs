@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 
-use crate::vcs::git;
+use crate::vcs::{git, hooks};
 
 /// Where the configuration goes.
 #[derive(Debug, clap::Args)]
@@ -53,6 +53,10 @@ pub fn run_install(scope: &Scope) -> anyhow::Result<()> {
             .with_context(|| format!("cannot set {key} ({flag})"))?;
     }
     println!("git-theta: filter configured ({flag}).");
+    let in_repo = scope.local || git::output(&["rev-parse", "--git-dir"], None)?.success;
+    if in_repo && hooks::ensure_pre_push()? {
+        println!("git-theta: pre-push hook installed.");
+    }
     match git::output(&["lfs", "version"], None) {
         Ok(out) if out.success => {}
         _ => eprintln!(
@@ -74,6 +78,9 @@ pub fn run_uninstall(scope: &Scope) -> anyhow::Result<()> {
         if !out.success && out.code != Some(5) {
             anyhow::bail!("cannot unset {key} ({flag}): {}", out.stderr);
         }
+    }
+    if scope.local || git::output(&["rev-parse", "--git-dir"], None)?.success {
+        hooks::remove_pre_push()?;
     }
     println!("git-theta: filter configuration removed ({flag}).");
     Ok(())

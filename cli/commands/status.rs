@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::BufReader;
 
-use crate::commands::filter::clean_options;
+use crate::commands::filter::{clean_options, options_for};
 use crate::commands::track::tracked_files;
 use crate::vcs::clean::clean;
 use crate::vcs::compare::{Change, compare};
@@ -85,7 +85,7 @@ pub fn run() -> anyhow::Result<()> {
     for path in tracked_files()? {
         let head = blob(&format!("HEAD:{path}"))?;
         let index = blob(&format!(":{path}"))?;
-        let work = worktree(&path, &options)?;
+        let work = worktree(&path, &options_for(&options, &path))?;
         let staged = describe(&head, &index);
         let unstaged = describe(&index, &work);
         if staged.is_none() && unstaged.is_none() {

@@ -1,6 +1,7 @@
 //! Cleaning: a checkpoint's bytes (as git streams them) into a manifest and
 //! objects. The file is read once, one chunk in memory at a time.
 
+use std::collections::HashMap;
 use std::io::{self, Cursor, Read, Write};
 
 use theta_engine::DType;
@@ -20,12 +21,48 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
 pub struct CleanOptions {
     /// Largest object in bytes (a single row may exceed it).
     pub chunk_size: u64,
+    /// Chunking to reuse, by tensor name: a tensor with the same dtype and
+    /// shape as in the previously stored manifest keeps that manifest's
+    /// chunking, so that cleaning a checked-out file reproduces the stored
+    /// manifest whatever this repository's chunk size setting.
+    pub previous: HashMap<String, ChunkHint>,
+}
+
+/// A tensor's chunking in a previous manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkHint {
+    /// Its dtype name.
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Its rows per object.
+    pub chunk_rows: Option<u64>,
+}
+
+impl CleanOptions {
+    /// Reuses the chunking of `manifest`'s tensors.
+    pub fn with_previous(mut self, manifest: &Manifest) -> Self {
+        self.previous = manifest
+            .tensors
+            .iter()
+            .map(|t| {
+                let hint = ChunkHint {
+                    dtype: t.dtype.clone(),
+                    shape: t.shape.clone(),
+                    chunk_rows: t.chunk_rows,
+                };
+                (t.name.clone(), hint)
+            })
+            .collect();
+        self
+    }
 }
 
 impl Default for CleanOptions {
     fn default() -> Self {
         CleanOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
+            previous: HashMap::new(),
         }
     }
 }
@@ -144,7 +181,17 @@ pub fn clean(
     let mut buf = Vec::new();
     let mut tensors = Vec::with_capacity(parsed.entries.len());
     for entry in &parsed.entries {
-        tensors.push(clean_tensor(entry, input, &mut buf, &mut ctx, chunk_size)?);
+        let hint = opts.previous.get(&entry.info.name).filter(|h| {
+            h.dtype == entry.info.dtype.name()
+                && h.shape == entry.info.shape
+                && h.chunk_rows
+                    .is_none_or(|r| r >= 1 && !entry.info.shape.is_empty())
+        });
+        let rows_per = match hint {
+            Some(h) => h.chunk_rows,
+            None => chunk_rows(&entry.info.shape, entry.end - entry.begin, chunk_size),
+        };
+        tensors.push(clean_tensor(entry, rows_per, input, &mut buf, &mut ctx)?);
     }
     let mut probe = [0u8; 1];
     if read_full(input, &mut probe).map_err(CleanError::Read)? != 0 {
@@ -180,14 +227,13 @@ pub fn chunk_rows(shape: &[u64], nbytes: u64, chunk_size: u64) -> Option<u64> {
 
 fn clean_tensor(
     entry: &Entry,
+    rows_per: Option<u64>,
     input: &mut (impl Read + ?Sized),
     buf: &mut Vec<u8>,
     ctx: &mut Ctx<'_>,
-    chunk_size: u64,
 ) -> Result<TensorEntry, CleanError> {
     let info = &entry.info;
     let nbytes = entry.end - entry.begin;
-    let rows_per = chunk_rows(&info.shape, nbytes, chunk_size);
     let piece = match rows_per {
         Some(r) => r * (nbytes / info.shape[0]),
         None => nbytes,

@@ -8,6 +8,7 @@
 //! - [`compare`]: which tensors differ between two manifests.
 //! - [`clean`] / [`smudge`]: checkpoint → manifest + objects and back.
 //! - [`pktline`] / [`filter`]: git's long-running filter protocol.
+//! - [`transport`] / [`hooks`]: pushing and fetching objects through git-lfs.
 //! - [`git`]: running git.
 
 pub mod clean;
@@ -15,7 +16,9 @@ pub mod codec;
 pub mod compare;
 pub mod filter;
 pub mod git;
+pub mod hooks;
 pub mod manifest;
 pub mod pktline;
 pub mod smudge;
 pub mod store;
+pub mod transport;

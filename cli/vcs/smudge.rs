@@ -305,7 +305,10 @@ mod tests {
         chunk: u64,
     ) -> (Vec<u8>, crate::vcs::clean::CleanSummary) {
         let mut manifest = Vec::new();
-        let opts = CleanOptions { chunk_size: chunk };
+        let opts = CleanOptions {
+            chunk_size: chunk,
+            ..CleanOptions::default()
+        };
         let s = clean(&mut &file[..], &mut manifest, store, &opts).expect("clean");
         (manifest, s)
     }
@@ -342,6 +345,18 @@ mod tests {
         let (again, s) = clean_bytes(&m1, &store, 1024);
         assert_eq!(again, m1);
         assert!(s.passthrough);
+    }
+
+    #[test]
+    fn previous_chunking_is_reused_whatever_the_setting() {
+        let (_d, store) = store();
+        let file = checkpoint(0);
+        let (m1, _) = clean_bytes(&file, &store, 1024);
+        let parsed = Manifest::parse(&m1).expect("parse");
+        let opts = CleanOptions::default().with_previous(&parsed);
+        let mut m2 = Vec::new();
+        clean(&mut &file[..], &mut m2, &store, &opts).expect("clean");
+        assert_eq!(m1, m2, "same manifest with a 64 MiB setting");
     }
 
     #[test]
