@@ -234,9 +234,11 @@ fn clean_tensor(
 ) -> Result<TensorEntry, CleanError> {
     let info = &entry.info;
     let nbytes = entry.end - entry.begin;
-    let piece = match rows_per {
-        Some(r) => r * (nbytes / info.shape[0]),
-        None => nbytes,
+    let piece = match (rows_per, info.shape.first()) {
+        (Some(r), Some(&rows)) if rows > 0 && nbytes > 0 => {
+            r.max(1).saturating_mul(nbytes / rows).max(1)
+        }
+        _ => nbytes,
     };
     let mut stats = StatsAcc::new(info.dtype);
     let mut objects = Vec::new();

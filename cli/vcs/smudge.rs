@@ -218,15 +218,15 @@ pub fn raw_lengths(t: &TensorEntry) -> Result<Vec<u64>, SmudgeError> {
                 return Err(bad("bad chunking"));
             }
             let row_bytes = t.size / rows;
-            let mut out = Vec::new();
+            if rows.div_ceil(per) != t.objects.len() as u64 {
+                return Err(bad("object count does not match chunk_rows"));
+            }
+            let mut out = Vec::with_capacity(t.objects.len());
             let mut left = rows;
             while left > 0 {
                 let r = per.min(left);
                 out.push(r * row_bytes);
                 left -= r;
-            }
-            if out.len() != t.objects.len() {
-                return Err(bad("object count does not match chunk_rows"));
             }
             Ok(out)
         }
