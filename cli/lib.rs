@@ -1,6 +1,8 @@
 //! git-theta's command line: the commands people run (`inspect`, `example`,
-//! ...) and, later, the git drivers. The tensor work is `theta_engine`'s;
-//! this crate parses arguments, prints, and maps errors to exit codes.
+//! `install`, `track`, `status`, ...) and the git plumbing (the filter
+//! process, the pre-push hook); [`vcs`] holds the formats and protocols.
+//! The tensor work is `theta_engine`'s; this crate parses arguments, prints,
+//! and maps errors to exit codes.
 //!
 //! stdout carries the command's output (and, for drivers, the protocol);
 //! every log line and error goes to stderr.

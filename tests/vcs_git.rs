@@ -353,3 +353,33 @@ fn objects_under(dir: &Path) -> usize {
     }
     n
 }
+
+#[test]
+fn single_shot_clean_and_smudge_match_the_filter_process() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let s = Sandbox::new();
+    let repo = s.repo("repo");
+    example(&s, &repo, "m", "1", &[]);
+    s.git(&repo, &["add", "."]);
+    let staged = s.git(&repo, &["cat-file", "blob", ":m/model.safetensors"]);
+    let model = std::fs::read(repo.join("m/model.safetensors")).expect("read");
+    let pipe = |args: &[&str], input: &[u8]| {
+        let mut child = s
+            .cmd(&repo, "git-theta", args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let data = input.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&data).expect("write"));
+        let out = child.wait_with_output().expect("wait");
+        writer.join().expect("writer");
+        assert!(out.status.success());
+        out.stdout
+    };
+    let manifest = pipe(&["clean", "m/model.safetensors"], &model);
+    assert_eq!(String::from_utf8(manifest.clone()).expect("utf-8"), staged);
+    assert_eq!(pipe(&["smudge", "m/model.safetensors"], &manifest), model);
+}
