@@ -132,6 +132,30 @@ impl Ctx<'_> {
     fn store(&mut self, tensor: Option<&str>, raw: &[u8]) -> Result<ObjectRef, CleanError> {
         self.put_encoded(tensor, encode_and_hash(raw))
     }
+
+    /// Stores an encoded object, counting what was new.
+    fn put_encoded(
+        &mut self,
+        tensor: Option<&str>,
+        (stored, oid): (std::borrow::Cow<'_, [u8]>, String),
+    ) -> Result<ObjectRef, CleanError> {
+        let new = self
+            .sink
+            .put(&oid, &stored)
+            .map_err(|source| CleanError::Store {
+                tensor: tensor.map(str::to_owned),
+                source,
+            })?;
+        self.summary.objects += 1;
+        if new {
+            self.summary.new_objects += 1;
+            self.summary.new_bytes += stored.len() as u64;
+        }
+        Ok(ObjectRef {
+            oid,
+            size: stored.len() as u64,
+        })
+    }
 }
 
 /// Cleans the file read from `input`, storing objects in `sink` and writing
@@ -273,31 +297,6 @@ fn encode_and_hash(raw: &[u8]) -> (std::borrow::Cow<'_, [u8]>, String) {
     let stored = codec::default_codec().encode(raw);
     let oid = sha256_hex(&stored);
     (stored, oid)
-}
-
-impl Ctx<'_> {
-    fn put_encoded(
-        &mut self,
-        tensor: Option<&str>,
-        (stored, oid): (std::borrow::Cow<'_, [u8]>, String),
-    ) -> Result<ObjectRef, CleanError> {
-        let new = self
-            .sink
-            .put(&oid, &stored)
-            .map_err(|source| CleanError::Store {
-                tensor: tensor.map(str::to_owned),
-                source,
-            })?;
-        self.summary.objects += 1;
-        if new {
-            self.summary.new_objects += 1;
-            self.summary.new_bytes += stored.len() as u64;
-        }
-        Ok(ObjectRef {
-            oid,
-            size: stored.len() as u64,
-        })
-    }
 }
 
 fn opaque(
