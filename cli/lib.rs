@@ -1,12 +1,15 @@
 //! git-theta's command line: the commands people run (`inspect`, `example`,
-//! ...) and, later, the git drivers. The tensor work is `theta_engine`'s;
-//! this crate parses arguments, prints, and maps errors to exit codes.
+//! `install`, `track`, `status`, ...) and the git plumbing (the filter
+//! process, the pre-push hook); [`vcs`] holds the formats and protocols.
+//! The tensor work is `theta_engine`'s; this crate parses arguments, prints,
+//! and maps errors to exit codes.
 //!
 //! stdout carries the command's output (and, for drivers, the protocol);
 //! every log line and error goes to stderr.
 
 pub mod commands;
 pub mod format;
+pub mod vcs;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -31,6 +34,30 @@ pub enum Command {
     Example(commands::example::Args),
     /// Merge models as mergekit does (a mergekit YAML config, or --method ...).
     Merge(commands::merge::Args),
+    /// Configure git to run git-theta for tracked files (and check git-lfs).
+    Install(commands::install::Scope),
+    /// Remove the configuration `install` added.
+    Uninstall(commands::install::Scope),
+    /// Track file patterns with git-theta (.gitattributes); no pattern: list them.
+    Track(commands::track::Args),
+    /// Stop tracking file patterns.
+    Untrack(commands::track::Args),
+    /// List the files in the index that git-theta tracks.
+    LsFiles,
+    /// Show which tensors of tracked checkpoints are staged or modified.
+    Status,
+    /// Long-running filter process git talks to (plumbing).
+    #[command(hide = true)]
+    FilterProcess,
+    /// Single-shot clean: checkpoint on stdin, manifest on stdout (plumbing).
+    #[command(hide = true)]
+    Clean(commands::filter::PathArgs),
+    /// The pre-push hook: push the pushed commits' objects through git-lfs (plumbing).
+    #[command(hide = true)]
+    PrePush(commands::filter::PrePushArgs),
+    /// Single-shot smudge: manifest on stdin, checkpoint on stdout (plumbing).
+    #[command(hide = true)]
+    Smudge(commands::filter::PathArgs),
 }
 
 /// Runs the command line given by `args` and returns the process exit code.
@@ -50,6 +77,16 @@ where
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Example(args) => commands::example::run(&args),
         Command::Merge(args) => commands::merge::run(&args),
+        Command::Install(scope) => commands::install::run_install(&scope),
+        Command::Uninstall(scope) => commands::install::run_uninstall(&scope),
+        Command::Track(args) => commands::track::run_track(&args),
+        Command::Untrack(args) => commands::track::run_untrack(&args),
+        Command::LsFiles => commands::track::run_ls_files(),
+        Command::Status => commands::status::run(),
+        Command::FilterProcess => commands::filter::run_process(),
+        Command::Clean(args) => commands::filter::run_clean(&args),
+        Command::Smudge(args) => commands::filter::run_smudge(&args),
+        Command::PrePush(args) => commands::filter::run_pre_push(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

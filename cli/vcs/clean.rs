@@ -1,0 +1,418 @@
+//! Cleaning: a checkpoint's bytes (as git streams them) into a manifest and
+//! objects. The file is read once, one chunk in memory at a time.
+
+use std::collections::HashMap;
+use std::io::{self, Cursor, Read, Write};
+
+use theta_engine::DType;
+use theta_engine::safetensors::header::{self, Entry, MAX_HEADER_LEN};
+
+use super::codec;
+use super::manifest::{
+    FileFormat, Head, MAGIC, Manifest, ObjectRef, Stats, TensorEntry, UpdateKind, VERSION,
+};
+use super::store::{ObjectSink, StoreError, sha256_hex};
+
+/// Default largest object: bigger tensors are split into row-aligned chunks.
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
+
+/// How to clean.
+#[derive(Clone, Debug)]
+pub struct CleanOptions {
+    /// Largest object in bytes (a single row may exceed it).
+    pub chunk_size: u64,
+    /// Chunking to reuse, by tensor name: a tensor with the same dtype and
+    /// shape as in the previously stored manifest keeps that manifest's
+    /// chunking, so that cleaning a checked-out file reproduces the stored
+    /// manifest whatever this repository's chunk size setting.
+    pub previous: HashMap<String, ChunkHint>,
+}
+
+/// A tensor's chunking in a previous manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkHint {
+    /// Its dtype name.
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Its rows per object.
+    pub chunk_rows: Option<u64>,
+}
+
+impl CleanOptions {
+    /// Reuses the chunking of `manifest`'s tensors.
+    pub fn with_previous(mut self, manifest: &Manifest) -> Self {
+        self.previous = manifest
+            .tensors
+            .iter()
+            .map(|t| {
+                let hint = ChunkHint {
+                    dtype: t.dtype.clone(),
+                    shape: t.shape.clone(),
+                    chunk_rows: t.chunk_rows,
+                };
+                (t.name.clone(), hint)
+            })
+            .collect();
+        self
+    }
+}
+
+impl Default for CleanOptions {
+    fn default() -> Self {
+        CleanOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            previous: HashMap::new(),
+        }
+    }
+}
+
+/// What a clean did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanSummary {
+    /// Objects the manifest refers to.
+    pub objects: u64,
+    /// Objects written because the store lacked them.
+    pub new_objects: u64,
+    /// Bytes of those new objects.
+    pub new_bytes: u64,
+    /// Whether the input was already a manifest, passed through.
+    pub passthrough: bool,
+}
+
+/// Why a file could not be cleaned.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanError {
+    /// Reading the file failed.
+    #[error("reading the file: {0}")]
+    Read(io::Error),
+    /// Writing the manifest failed.
+    #[error("writing the manifest: {0}")]
+    Write(io::Error),
+    /// A safetensors header whose data ends early.
+    #[error("the file ends inside tensor `{tensor}`: a truncated safetensors checkpoint")]
+    Truncated {
+        /// The tensor whose bytes are cut short.
+        tensor: String,
+    },
+    /// Bytes after the last tensor.
+    #[error("bytes follow the last tensor: not a valid safetensors checkpoint")]
+    Trailing,
+    /// Storing an object failed.
+    #[error("{}{source}", match tensor { Some(t) => format!("tensor `{t}`: "), None => String::new() })]
+    Store {
+        /// The tensor whose object it was.
+        tensor: Option<String>,
+        /// What failed.
+        source: StoreError,
+    },
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+struct Ctx<'a> {
+    sink: &'a dyn ObjectSink,
+    summary: CleanSummary,
+}
+
+impl Ctx<'_> {
+    /// Encodes and stores one object; returns its reference.
+    fn store(&mut self, tensor: Option<&str>, raw: &[u8]) -> Result<ObjectRef, CleanError> {
+        self.put_encoded(tensor, encode_and_hash(raw))
+    }
+
+    /// Stores an encoded object, counting what was new.
+    fn put_encoded(
+        &mut self,
+        tensor: Option<&str>,
+        (stored, oid): (std::borrow::Cow<'_, [u8]>, String),
+    ) -> Result<ObjectRef, CleanError> {
+        let new = self
+            .sink
+            .put(&oid, &stored)
+            .map_err(|source| CleanError::Store {
+                tensor: tensor.map(str::to_owned),
+                source,
+            })?;
+        self.summary.objects += 1;
+        if new {
+            self.summary.new_objects += 1;
+            self.summary.new_bytes += stored.len() as u64;
+        }
+        Ok(ObjectRef {
+            oid,
+            size: stored.len() as u64,
+        })
+    }
+}
+
+/// Cleans the file read from `input`, storing objects in `sink` and writing
+/// the manifest to `out`. A manifest given as input is passed through; a
+/// file that is not a safetensors checkpoint is stored as opaque chunks.
+pub fn clean(
+    input: &mut (impl Read + ?Sized),
+    out: &mut (impl Write + ?Sized),
+    sink: &dyn ObjectSink,
+    opts: &CleanOptions,
+) -> Result<CleanSummary, CleanError> {
+    let chunk_size = opts.chunk_size.max(1);
+    let mut ctx = Ctx {
+        sink,
+        summary: CleanSummary::default(),
+    };
+    let mut prefix = [0u8; 8];
+    let n = read_full(input, &mut prefix).map_err(CleanError::Read)?;
+    if n == 8 && prefix[..] == MAGIC[..8] {
+        out.write_all(&prefix).map_err(CleanError::Write)?;
+        io::copy(input, out).map_err(CleanError::Read)?;
+        ctx.summary.passthrough = true;
+        return Ok(ctx.summary);
+    }
+    if n < 8 {
+        return opaque(&prefix[..n], input, out, ctx, chunk_size);
+    }
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > MAX_HEADER_LEN {
+        return opaque(&prefix, input, out, ctx, chunk_size);
+    }
+    let mut header_bytes = vec![0u8; header_len as usize];
+    let got = read_full(input, &mut header_bytes).map_err(CleanError::Read)?;
+    let parsed = if got == header_bytes.len() {
+        header::parse(&header_bytes, None).ok()
+    } else {
+        None
+    };
+    let Some(parsed) = parsed else {
+        header_bytes.truncate(got);
+        let mut seen = prefix.to_vec();
+        seen.extend_from_slice(&header_bytes);
+        return opaque(&seen, input, out, ctx, chunk_size);
+    };
+
+    let header_ref = ctx.store(None, &header_bytes)?;
+    let mut buf = Vec::new();
+    let mut tensors = Vec::with_capacity(parsed.entries.len());
+    for entry in &parsed.entries {
+        let hint = opts.previous.get(&entry.info.name).filter(|h| {
+            h.dtype == entry.info.dtype.name()
+                && h.shape == entry.info.shape
+                && h.chunk_rows
+                    .is_none_or(|r| r >= 1 && !entry.info.shape.is_empty())
+        });
+        let rows_per = match hint {
+            Some(h) => h.chunk_rows,
+            None => chunk_rows(&entry.info.shape, entry.end - entry.begin, chunk_size),
+        };
+        tensors.push(clean_tensor(entry, rows_per, input, &mut buf, &mut ctx)?);
+    }
+    let mut probe = [0u8; 1];
+    if read_full(input, &mut probe).map_err(CleanError::Read)? != 0 {
+        return Err(CleanError::Trailing);
+    }
+    let data_len = parsed.entries.last().map_or(0, |e| e.end);
+    let manifest = Manifest {
+        head: Head {
+            git_theta_manifest: VERSION,
+            format: FileFormat::Safetensors,
+            size: 8 + header_len + data_len,
+            header: Some(header_ref),
+            objects: vec![],
+            tensors: tensors.len() as u64,
+        },
+        tensors,
+    };
+    out.write_all(&manifest.to_bytes())
+        .map_err(CleanError::Write)?;
+    Ok(ctx.summary)
+}
+
+/// Rows per object for a tensor of `nbytes` with `shape`, or `None` when it
+/// fits in one object.
+pub fn chunk_rows(shape: &[u64], nbytes: u64, chunk_size: u64) -> Option<u64> {
+    let rows = *shape.first()?;
+    if nbytes <= chunk_size || rows <= 1 {
+        return None;
+    }
+    let row_bytes = nbytes / rows;
+    Some((chunk_size / row_bytes.max(1)).clamp(1, rows))
+}
+
+fn clean_tensor(
+    entry: &Entry,
+    rows_per: Option<u64>,
+    input: &mut (impl Read + ?Sized),
+    buf: &mut Vec<u8>,
+    ctx: &mut Ctx<'_>,
+) -> Result<TensorEntry, CleanError> {
+    let info = &entry.info;
+    let nbytes = entry.end - entry.begin;
+    let piece = match (rows_per, info.shape.first()) {
+        (Some(r), Some(&rows)) if rows > 0 && nbytes > 0 => {
+            r.max(1).saturating_mul(nbytes / rows).max(1)
+        }
+        _ => nbytes,
+    };
+    let mut stats = StatsAcc::new(info.dtype);
+    let mut objects = Vec::new();
+    let mut done = 0u64;
+    while done < nbytes {
+        let len = piece.min(nbytes - done) as usize;
+        buf.resize(len, 0);
+        if read_full(input, buf).map_err(CleanError::Read)? != len {
+            return Err(CleanError::Truncated {
+                tensor: info.name.clone(),
+            });
+        }
+        let (stored, ()) = rayon::join(|| encode_and_hash(buf), || stats.add(&info.name, buf));
+        objects.push(ctx.put_encoded(Some(&info.name), stored)?);
+        done += len as u64;
+    }
+    Ok(TensorEntry {
+        name: info.name.clone(),
+        dtype: info.dtype.name().to_owned(),
+        shape: info.shape.clone(),
+        size: nbytes,
+        update: UpdateKind::Dense,
+        encoding: codec::default_codec().name().to_owned(),
+        chunk_rows: rows_per,
+        objects,
+        stats: stats.finish(),
+    })
+}
+
+/// Encodes and hashes a chunk (the part that can run beside statistics).
+fn encode_and_hash(raw: &[u8]) -> (std::borrow::Cow<'_, [u8]>, String) {
+    let stored = codec::default_codec().encode(raw);
+    let oid = sha256_hex(&stored);
+    (stored, oid)
+}
+
+fn opaque(
+    seen: &[u8],
+    input: &mut (impl Read + ?Sized),
+    out: &mut (impl Write + ?Sized),
+    mut ctx: Ctx<'_>,
+    chunk_size: u64,
+) -> Result<CleanSummary, CleanError> {
+    let mut all = Cursor::new(seen).chain(input);
+    let mut objects = Vec::new();
+    let mut size = 0u64;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        (&mut all)
+            .take(chunk_size)
+            .read_to_end(&mut buf)
+            .map_err(CleanError::Read)?;
+        if buf.is_empty() {
+            break;
+        }
+        size += buf.len() as u64;
+        objects.push(ctx.store(None, &buf)?);
+    }
+    let manifest = Manifest {
+        head: Head {
+            git_theta_manifest: VERSION,
+            format: FileFormat::Opaque,
+            size,
+            header: None,
+            objects,
+            tensors: 0,
+        },
+        tensors: vec![],
+    };
+    out.write_all(&manifest.to_bytes())
+        .map_err(CleanError::Write)?;
+    Ok(ctx.summary)
+}
+
+/// Elements converted at a time for statistics; partial sums are kept per
+/// block and added in order, so results do not depend on chunking.
+const STATS_BLOCK: usize = 1 << 16;
+
+/// Running statistics of a tensor.
+struct StatsAcc {
+    dtype: DType,
+    enabled: bool,
+    min: f32,
+    max: f32,
+    sum: f64,
+    sumsq: f64,
+    finite: u64,
+    nonfinite: u64,
+    scratch: Vec<f32>,
+}
+
+impl StatsAcc {
+    fn new(dtype: DType) -> StatsAcc {
+        StatsAcc {
+            dtype,
+            enabled: matches!(dtype, DType::F64 | DType::F32 | DType::F16 | DType::BF16),
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+            sumsq: 0.0,
+            finite: 0,
+            nonfinite: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, tensor: &str, bytes: &[u8]) {
+        if !self.enabled {
+            return;
+        }
+        let size = self.dtype.size();
+        for block in bytes.chunks(STATS_BLOCK * size) {
+            self.scratch.resize(block.len() / size, 0.0);
+            if theta_engine::convert::to_f32(tensor, block, self.dtype, &mut self.scratch).is_err()
+            {
+                self.enabled = false;
+                return;
+            }
+            let (mut s, mut sq) = (0f64, 0f64);
+            for &x in &self.scratch {
+                if x.is_finite() {
+                    self.min = self.min.min(x);
+                    self.max = self.max.max(x);
+                    let x = f64::from(x);
+                    s += x;
+                    sq += x * x;
+                    self.finite += 1;
+                } else {
+                    self.nonfinite += 1;
+                }
+            }
+            self.sum += s;
+            self.sumsq += sq;
+        }
+    }
+
+    fn finish(self) -> Option<Stats> {
+        if !self.enabled || self.finite == 0 {
+            return None;
+        }
+        let n = self.finite as f64;
+        let mean = self.sum / n;
+        let var = (self.sumsq / n - mean * mean).max(0.0);
+        Some(Stats {
+            min: self.min,
+            max: self.max,
+            mean: mean as f32,
+            std: var.sqrt() as f32,
+            nonfinite: self.nonfinite,
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! Versioning checkpoints in git: the manifest git stores for a tracked
+//! checkpoint, the object store (Git LFS's layout), and the conversions and
+//! protocols between them.
+//!
+//! - [`manifest`]: the on-disk format (spec: `docs/manifest.md`).
+//! - [`store`]: content-addressed objects under `.git/lfs/objects`.
+//! - [`codec`]: how an object encodes its bytes.
+//! - [`compare`]: which tensors differ between two manifests.
+//! - [`clean`] / [`smudge`]: checkpoint → manifest + objects and back.
+//! - [`pktline`] / [`filter`]: git's long-running filter protocol.
+//! - [`transport`] / [`hooks`]: pushing and fetching objects through git-lfs.
+//! - [`git`]: running git.
+
+pub mod clean;
+pub mod codec;
+pub mod compare;
+pub mod filter;
+pub mod git;
+pub mod hooks;
+pub mod manifest;
+pub mod pktline;
+pub mod smudge;
+pub mod store;
+pub mod transport;
