@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::header::{self, Entry, Header, MAX_HEADER_LEN};
+use super::header::{self, Entry, Header};
 use crate::error::FormatProblem;
 use crate::tensor::{Metadata, TensorInfo, TensorView};
 use crate::{Error, Result};
@@ -44,29 +44,7 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; see the type's documentation for the
         // usual caveat about files changed underneath a map.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&mmap[..8]);
-        let claimed = u64::from_le_bytes(prefix);
-        if claimed > MAX_HEADER_LEN {
-            return Err(bad(
-                None,
-                FormatProblem::HeaderTooLarge {
-                    claimed,
-                    limit: MAX_HEADER_LEN,
-                },
-            ));
-        }
-        let available = len - 8;
-        if claimed > available {
-            return Err(bad(
-                None,
-                FormatProblem::HeaderBeyondFile { claimed, available },
-            ));
-        }
-        let header_len = claimed as usize;
-        let data_len = available - claimed;
-        let header =
-            header::parse(&mmap[8..8 + header_len], Some(data_len)).map_err(|(t, p)| bad(t, p))?;
+        let (header_len, header) = header::parse_file(&mmap).map_err(|(t, p)| bad(t, p))?;
         let infos: Vec<TensorInfo> = header.entries.iter().map(|e| e.info.clone()).collect();
         let by_name = infos
             .iter()

@@ -43,6 +43,33 @@ pub struct Header {
 /// A problem found while parsing, with the tensor it concerns.
 pub type Problem = (Option<String>, FormatProblem);
 
+/// Parses a whole safetensors file held in memory (or mapped): the 8-byte
+/// length prefix, the JSON header and the data section's layout. Returns the
+/// header's length in bytes and the validated header. No tensor bytes are
+/// read or copied, and nothing is allocated by a size the file claims.
+pub fn parse_file(bytes: &[u8]) -> Result<(usize, Header), Problem> {
+    let len = bytes.len() as u64;
+    let Some((prefix, rest)) = bytes.split_first_chunk::<8>() else {
+        return Err((None, FormatProblem::TooShort { len }));
+    };
+    let claimed = u64::from_le_bytes(*prefix);
+    if claimed > MAX_HEADER_LEN {
+        let problem = FormatProblem::HeaderTooLarge {
+            claimed,
+            limit: MAX_HEADER_LEN,
+        };
+        return Err((None, problem));
+    }
+    let available = rest.len() as u64;
+    if claimed > available {
+        return Err((None, FormatProblem::HeaderBeyondFile { claimed, available }));
+    }
+    // `claimed <= rest.len()`, so it fits in usize.
+    let (json, data) = rest.split_at(claimed as usize);
+    let header = parse(json, Some(data.len() as u64))?;
+    Ok((json.len(), header))
+}
+
 /// Parses the JSON header `bytes` of a file whose data section is `data_len`
 /// bytes long, and checks that the entries tile the data section exactly.
 /// With `data_len` unknown (`None`, a header kept apart from its data), the
