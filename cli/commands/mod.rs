@@ -3,7 +3,7 @@
 pub mod example;
 pub mod filter;
 pub mod inspect;
-pub mod merge;
 pub mod install;
+pub mod merge;
 pub mod status;
 pub mod track;

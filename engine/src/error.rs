@@ -75,6 +75,8 @@ struct TensorPrefix<'a>(Option<&'a str>);
 impl fmt::Display for TensorPrefix<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
+            // The metadata block is not a tensor, though it sits among them.
+            Some("__metadata__") => f.write_str("`__metadata__`: "),
             Some(t) => write!(f, "tensor `{t}`: "),
             None => Ok(()),
         }
