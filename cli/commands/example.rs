@@ -27,6 +27,13 @@ pub struct Args {
     /// Split into shards of at most this size (e.g. 2GB, 500MB), with an index.
     #[arg(long, value_parser = parse_size)]
     pub shard_size: Option<u64>,
+    /// Make a small fine-tune of the model: change (by about 5%) only the
+    /// tensors whose names contain PATTERN (repeatable, e.g. --tune layers.3.).
+    #[arg(long, value_name = "PATTERN")]
+    pub tune: Vec<String>,
+    /// Seed of the --tune changes; different seeds give different fine-tunes.
+    #[arg(long, default_value_t = 1, requires = "tune")]
+    pub tune_seed: u64,
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -106,13 +113,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     )?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let tune = (!args.tune.is_empty()).then(|| synth::Tune { patterns: args.tune.clone(), seed: args.tune_seed });
+    if let Some(t) = &tune
+        && !tensors.iter().any(|x| t.touches(&x.name))
+    {
+        anyhow::bail!("--tune {}: no tensor name contains it", t.patterns.join(", "));
+    }
     let mut writer = ShardedWriter::create(&args.dir, plan.clone())?;
     for t in plan.tensors() {
         let n = t.numel();
         let mut start = 0;
         while start < n {
             let count = (n - start).min(CHUNK_ELEMS);
-            let bytes = synth::tensor_bytes(args.seed, t, start, count as usize)?;
+            let bytes = synth::tuned_tensor_bytes(args.seed, tune.as_ref(), t, start, count as usize)?;
             writer.write_part(&t.name, &bytes)?;
             start += count;
         }

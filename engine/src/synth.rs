@@ -166,23 +166,57 @@ pub fn value(seed: u64, name: &str, index: u64) -> f32 {
 
 /// Fills `out` with elements `start..start + out.len()` of tensor `name`.
 pub fn fill_f32(seed: u64, name: &str, start: u64, out: &mut [f32]) {
-    let key = mix64(seed ^ name_key(name));
-    let norm = name.contains("norm");
-    out.par_chunks_mut(1 << 15)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let base = start + (c as u64) * (1 << 15);
-            for (j, x) in chunk.iter_mut().enumerate() {
-                let u = unit(mix64(key.wrapping_add(base + j as u64)));
-                *x = if norm { 1.0 + 0.05 * u } else { 0.0346 * u };
-            }
-        });
+    let (centre, spread) = if name.contains("norm") { (1.0, 0.05) } else { (0.0, 0.0346) };
+    fill_uniform(mix64(seed ^ name_key(name)), start, centre, spread, out);
 }
+
+/// `centre + spread · u` with u uniform in [-1, 1), element `start + j` drawn
+/// from stream `key`.
+fn fill_uniform(key: u64, start: u64, centre: f32, spread: f32, out: &mut [f32]) {
+    out.par_chunks_mut(1 << 15).enumerate().for_each(|(c, chunk)| {
+        let base = start + (c as u64) * (1 << 15);
+        for (j, x) in chunk.iter_mut().enumerate() {
+            *x = centre + spread * unit(mix64(key.wrapping_add(base + j as u64)));
+        }
+    });
+}
+
+/// A small fine-tune of a synthetic model: tensors whose names contain one
+/// of `patterns` get a delta of 5% of the weights' spread, drawn from
+/// `seed`; the rest are untouched.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tune {
+    /// Substrings of the tensor names changed.
+    pub patterns: Vec<String>,
+    /// Seed of the deltas.
+    pub seed: u64,
+}
+
+impl Tune {
+    /// Whether tensor `name` is changed.
+    pub fn touches(&self, name: &str) -> bool {
+        self.patterns.iter().any(|p| name.contains(p.as_str()))
+    }
+}
+
+/// Relative size of a tune's deltas.
+const TUNE_SCALE: f32 = 0.05;
 
 /// The bytes of elements `start..start + count` of `tensor` in model `seed`.
 pub fn tensor_bytes(seed: u64, tensor: &TensorInfo, start: u64, count: usize) -> Result<Vec<u8>> {
+    tuned_tensor_bytes(seed, None, tensor, start, count)
+}
+
+/// Like [`tensor_bytes`], with `tune` applied.
+pub fn tuned_tensor_bytes(seed: u64, tune: Option<&Tune>, tensor: &TensorInfo, start: u64, count: usize) -> Result<Vec<u8>> {
     let mut vals = vec![0f32; count];
     fill_f32(seed, &tensor.name, start, &mut vals);
+    if let Some(t) = tune.filter(|t| t.touches(&tensor.name)) {
+        let mut delta = vec![0f32; count];
+        let key = mix64(mix64(t.seed ^ 0x7475_6e65) ^ name_key(&tensor.name));
+        fill_uniform(key, start, 0.0, TUNE_SCALE * 0.0346, &mut delta);
+        vals.iter_mut().zip(&delta).for_each(|(v, d)| *v += d);
+    }
     let mut out = vec![0u8; count * tensor.dtype.size()];
     convert::from_f32(&tensor.name, &vals, &mut out, tensor.dtype)?;
     Ok(out)
@@ -204,6 +238,22 @@ mod tests {
         }
         let std = (a.iter().map(|x| x * x).sum::<f32>() / a.len() as f32).sqrt();
         assert!((std - 0.02).abs() < 0.002, "std {std}");
+    }
+
+    #[test]
+    fn tunes_touch_only_matching_tensors_by_a_little() {
+        let tune = Tune { patterns: vec!["layers.1.".into()], seed: 9 };
+        let hit = TensorInfo::new("model.layers.1.mlp.up_proj.weight", DType::F32, [64u64, 64]);
+        let miss = TensorInfo::new("model.layers.11.mlp.up_proj.weight", DType::F32, [64u64, 64]);
+        for t in [&hit, &miss] {
+            let base = tensor_bytes(3, t, 0, 4096).expect("base");
+            let tuned = tuned_tensor_bytes(3, Some(&tune), t, 0, 4096).expect("tuned");
+            assert_eq!(base == tuned, !tune.touches(&t.name), "{}", t.name);
+        }
+        let a: Vec<f32> = bytemuck::pod_collect_to_vec(&tensor_bytes(3, &hit, 0, 4096).expect("a"));
+        let b: Vec<f32> = bytemuck::pod_collect_to_vec(&tuned_tensor_bytes(3, Some(&tune), &hit, 0, 4096).expect("b"));
+        let rel = (a.iter().zip(&b).map(|(x, y)| (y - x).powi(2)).sum::<f32>() / a.iter().map(|x| x * x).sum::<f32>()).sqrt();
+        assert!((0.03..0.07).contains(&rel), "relative change {rel}");
     }
 
     #[test]
