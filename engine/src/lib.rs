@@ -8,12 +8,14 @@
 //!   sharded folders) and streaming, byte-exact writing.
 //! - [`checkpoint`]: format-independent access ([`checkpoint::open`]) behind
 //!   the [`checkpoint::CheckpointFormat`] registry.
+//! - [`compute`]: merge, diff and low-rank kernels on the CPU or a GPU.
 //! - [`convert`]: F64/F32/F16/BF16 conversions, vectorised and parallel.
 //! - [`synth`]: deterministic Llama-shaped models for examples and benches.
 //! - [`io`]: atomic file writes.
 //! - [`Error`]: every error names the file and tensor involved.
 
 pub mod checkpoint;
+pub mod compute;
 pub mod convert;
 mod dtype;
 mod error;
