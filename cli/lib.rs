@@ -29,6 +29,8 @@ pub enum Command {
     Inspect(commands::inspect::Args),
     /// Write a small, deterministic example model to try git-theta on.
     Example(commands::example::Args),
+    /// Show the compute device (GPU adapter, limits) commands will use.
+    Doctor(commands::doctor::Args),
 }
 
 /// Runs the command line given by `args` and returns the process exit code.
@@ -47,6 +49,7 @@ where
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Example(args) => commands::example::run(&args),
+        Command::Doctor(args) => commands::doctor::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

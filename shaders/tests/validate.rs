@@ -19,9 +19,7 @@ fn every_shader_validates_with_no_optional_capability() {
             .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
         Validator::new(ValidationFlags::all(), Capabilities::empty())
             .validate(&module)
-            .unwrap_or_else(|e| {
-                panic!("{}: {}", shader.name, e.emit_to_string(shader.source))
-            });
+            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
         for entry in shader.entries {
             assert!(
                 module.entry_points.iter().any(|e| e.name == *entry),

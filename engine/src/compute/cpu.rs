@@ -24,6 +24,7 @@ fn decode(x: Input<'_>, start: usize, buf: &mut [f32]) {
 }
 
 impl Backend for Cpu {
+    #[allow(clippy::too_many_arguments)]
     fn merge(
         &self,
         _tensor: &str,
@@ -127,6 +128,7 @@ impl Backend for Cpu {
         Ok(*kth)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn lowrank(
         &self,
         _tensor: &str,

@@ -77,6 +77,7 @@ pub(crate) fn dtype_code(tensor: &str, dtype: DType) -> Result<u32> {
 /// (resolving densities into thresholds, SLERP's coefficients, ...).
 pub(crate) trait Backend {
     /// Runs `merge.wgsl` / [`ops::merge_element`] over every element.
+    #[allow(clippy::too_many_arguments)]
     fn merge(
         &self,
         tensor: &str,

@@ -265,7 +265,7 @@ pub fn lowrank_row(w: &[f32], b_row: &[f32], a: &[f32], scale: f32, out: &mut [f
     for (k, &bv) in b_row.iter().enumerate() {
         let a_row = &a[k * cols..(k + 1) * cols];
         for (acc, &av) in out.iter_mut().zip(a_row) {
-            *acc = *acc + bv * av;
+            *acc += bv * av;
         }
     }
     for (o, &wv) in out.iter_mut().zip(w) {

@@ -50,6 +50,7 @@ impl GpuContext {
 }
 
 impl Backend for GpuContext {
+    #[allow(clippy::too_many_arguments)]
     fn merge(
         &self,
         tensor: &str,
@@ -279,6 +280,7 @@ impl Backend for GpuContext {
         Ok(prefix)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn lowrank(
         &self,
         tensor: &str,
