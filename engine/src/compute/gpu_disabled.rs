@@ -20,6 +20,16 @@ impl GpuContext {
     pub fn info(&self) -> &GpuInfo {
         match *self {}
     }
+
+    /// A context with smaller limits (for tests).
+    pub fn with_limits(&self, _binding_bytes: u64, _max_groups: u32) -> GpuContext {
+        match *self {}
+    }
+
+    /// Waits for submitted work.
+    pub fn sync(&self) -> Result<()> {
+        match *self {}
+    }
 }
 
 impl Backend for GpuContext {
