@@ -334,6 +334,8 @@ fn averaging_identical_models_and_task_vector_round_trip() {
     }
 }
 
+// Only with the GPU compiled in: without it, `GpuContext` is uninhabited.
+#[cfg(feature = "gpu")]
 #[test]
 fn chunking_and_2d_dispatch_on_small_limits() {
     let Ok(Device::Gpu(g)) = Device::gpu() else {
