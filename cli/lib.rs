@@ -46,6 +46,8 @@ pub enum Command {
     LsFiles,
     /// Show which tensors of tracked checkpoints are staged or modified.
     Status,
+    /// Show the compute device (GPU adapter, limits) commands will use.
+    Doctor(commands::doctor::Args),
     /// Long-running filter process git talks to (plumbing).
     #[command(hide = true)]
     FilterProcess,
@@ -87,6 +89,7 @@ where
         Command::Clean(args) => commands::filter::run_clean(&args),
         Command::Smudge(args) => commands::filter::run_smudge(&args),
         Command::PrePush(args) => commands::filter::run_pre_push(&args),
+        Command::Doctor(args) => commands::doctor::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -113,11 +113,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     )?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
-    let tune = (!args.tune.is_empty()).then(|| synth::Tune { patterns: args.tune.clone(), seed: args.tune_seed });
+    let tune = (!args.tune.is_empty()).then(|| synth::Tune {
+        patterns: args.tune.clone(),
+        seed: args.tune_seed,
+    });
     if let Some(t) = &tune
         && !tensors.iter().any(|x| t.touches(&x.name))
     {
-        anyhow::bail!("--tune {}: no tensor name contains it", t.patterns.join(", "));
+        anyhow::bail!(
+            "--tune {}: no tensor name contains it",
+            t.patterns.join(", ")
+        );
     }
     let mut writer = ShardedWriter::create(&args.dir, plan.clone())?;
     for t in plan.tensors() {
@@ -125,7 +131,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let mut start = 0;
         while start < n {
             let count = (n - start).min(CHUNK_ELEMS);
-            let bytes = synth::tuned_tensor_bytes(args.seed, tune.as_ref(), t, start, count as usize)?;
+            let bytes =
+                synth::tuned_tensor_bytes(args.seed, tune.as_ref(), t, start, count as usize)?;
             writer.write_part(&t.name, &bytes)?;
             start += count;
         }

@@ -89,7 +89,7 @@ pub fn convert(tensor: &str, src: &[u8], from: DType, dst: &mut [u8], to: DType)
     Ok(())
 }
 
-fn decode_chunk(src: &[u8], from: DType, dst: &mut [f32]) {
+pub(crate) fn decode_chunk(src: &[u8], from: DType, dst: &mut [f32]) {
     match from {
         DType::F32 => match bytemuck::try_cast_slice::<u8, f32>(src) {
             Ok(s) => dst.copy_from_slice(s),
@@ -112,7 +112,7 @@ fn decode_chunk(src: &[u8], from: DType, dst: &mut [f32]) {
     }
 }
 
-fn encode_chunk(src: &[f32], dst: &mut [u8], to: DType) {
+pub(crate) fn encode_chunk(src: &[f32], dst: &mut [u8], to: DType) {
     match to {
         DType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
         DType::F16 => with_u16_mut(dst, |bits| {

@@ -8,6 +8,7 @@
 //!   sharded folders) and streaming, byte-exact writing.
 //! - [`checkpoint`]: format-independent access ([`checkpoint::open`]) behind
 //!   the [`checkpoint::CheckpointFormat`] registry.
+//! - [`compute`]: merge, diff and low-rank kernels on the CPU or a GPU.
 //! - [`convert`]: F64/F32/F16/BF16 conversions, vectorised and parallel.
 //! - [`merge`]: mergekit configurations, parameters and method specs.
 //! - [`synth`]: deterministic Llama-shaped models for examples and benches.
@@ -15,6 +16,7 @@
 //! - [`Error`]: every error names the file and tensor involved.
 
 pub mod checkpoint;
+pub mod compute;
 pub mod convert;
 mod dtype;
 mod error;

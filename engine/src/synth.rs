@@ -166,19 +166,25 @@ pub fn value(seed: u64, name: &str, index: u64) -> f32 {
 
 /// Fills `out` with elements `start..start + out.len()` of tensor `name`.
 pub fn fill_f32(seed: u64, name: &str, start: u64, out: &mut [f32]) {
-    let (centre, spread) = if name.contains("norm") { (1.0, 0.05) } else { (0.0, 0.0346) };
+    let (centre, spread) = if name.contains("norm") {
+        (1.0, 0.05)
+    } else {
+        (0.0, 0.0346)
+    };
     fill_uniform(mix64(seed ^ name_key(name)), start, centre, spread, out);
 }
 
 /// `centre + spread · u` with u uniform in [-1, 1), element `start + j` drawn
 /// from stream `key`.
 fn fill_uniform(key: u64, start: u64, centre: f32, spread: f32, out: &mut [f32]) {
-    out.par_chunks_mut(1 << 15).enumerate().for_each(|(c, chunk)| {
-        let base = start + (c as u64) * (1 << 15);
-        for (j, x) in chunk.iter_mut().enumerate() {
-            *x = centre + spread * unit(mix64(key.wrapping_add(base + j as u64)));
-        }
-    });
+    out.par_chunks_mut(1 << 15)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let base = start + (c as u64) * (1 << 15);
+            for (j, x) in chunk.iter_mut().enumerate() {
+                *x = centre + spread * unit(mix64(key.wrapping_add(base + j as u64)));
+            }
+        });
 }
 
 /// A small fine-tune of a synthetic model: tensors whose names contain one
@@ -208,7 +214,13 @@ pub fn tensor_bytes(seed: u64, tensor: &TensorInfo, start: u64, count: usize) ->
 }
 
 /// Like [`tensor_bytes`], with `tune` applied.
-pub fn tuned_tensor_bytes(seed: u64, tune: Option<&Tune>, tensor: &TensorInfo, start: u64, count: usize) -> Result<Vec<u8>> {
+pub fn tuned_tensor_bytes(
+    seed: u64,
+    tune: Option<&Tune>,
+    tensor: &TensorInfo,
+    start: u64,
+    count: usize,
+) -> Result<Vec<u8>> {
     let mut vals = vec![0f32; count];
     fill_f32(seed, &tensor.name, start, &mut vals);
     if let Some(t) = tune.filter(|t| t.touches(&tensor.name)) {
@@ -242,17 +254,28 @@ mod tests {
 
     #[test]
     fn tunes_touch_only_matching_tensors_by_a_little() {
-        let tune = Tune { patterns: vec!["layers.1.".into()], seed: 9 };
+        let tune = Tune {
+            patterns: vec!["layers.1.".into()],
+            seed: 9,
+        };
         let hit = TensorInfo::new("model.layers.1.mlp.up_proj.weight", DType::F32, [64u64, 64]);
-        let miss = TensorInfo::new("model.layers.11.mlp.up_proj.weight", DType::F32, [64u64, 64]);
+        let miss = TensorInfo::new(
+            "model.layers.11.mlp.up_proj.weight",
+            DType::F32,
+            [64u64, 64],
+        );
         for t in [&hit, &miss] {
             let base = tensor_bytes(3, t, 0, 4096).expect("base");
             let tuned = tuned_tensor_bytes(3, Some(&tune), t, 0, 4096).expect("tuned");
             assert_eq!(base == tuned, !tune.touches(&t.name), "{}", t.name);
         }
         let a: Vec<f32> = bytemuck::pod_collect_to_vec(&tensor_bytes(3, &hit, 0, 4096).expect("a"));
-        let b: Vec<f32> = bytemuck::pod_collect_to_vec(&tuned_tensor_bytes(3, Some(&tune), &hit, 0, 4096).expect("b"));
-        let rel = (a.iter().zip(&b).map(|(x, y)| (y - x).powi(2)).sum::<f32>() / a.iter().map(|x| x * x).sum::<f32>()).sqrt();
+        let b: Vec<f32> = bytemuck::pod_collect_to_vec(
+            &tuned_tensor_bytes(3, Some(&tune), &hit, 0, 4096).expect("b"),
+        );
+        let rel = (a.iter().zip(&b).map(|(x, y)| (y - x).powi(2)).sum::<f32>()
+            / a.iter().map(|x| x * x).sum::<f32>())
+        .sqrt();
         assert!((0.03..0.07).contains(&rel), "relative change {rel}");
     }
 

@@ -1,0 +1,123 @@
+//! The compute engine: the tensor math of merges, diffs and updates, on the
+//! CPU (rayon) or a GPU (wgpu), with the same results.
+//!
+//! - [`Device`]: where kernels run; [`Device::auto`] picks a GPU adapter when
+//!   there is one, else the CPU, and says why ([`Device::from_env`] and
+//!   [`DeviceChoice`] for `--device` and `THETA_DEVICE`).
+//! - [`ops`]: each op's parameter block and scalar CPU reference, beside its
+//!   WGSL entry point in `theta-shaders`.
+//! - Ops: [`Device::merge`] (weighted sums, task arithmetic, TIES, DARE),
+//!   [`Device::diff_stats`], [`Device::slerp`], [`Device::pairwise_cosine`],
+//!   [`Device::lowrank`], [`Device::kth_largest_abs`].
+//!
+//! Inputs and outputs are F32, F16 or BF16 bytes (little-endian, any
+//! alignment); the math is f32. See `docs/compute.md` for the error bounds.
+
+mod cpu;
+mod device;
+mod error;
+#[cfg_attr(feature = "gpu", path = "gpu/mod.rs")]
+#[cfg_attr(not(feature = "gpu"), path = "gpu_disabled.rs")]
+mod gpu;
+pub mod ops;
+mod run;
+
+pub use device::{Device, DeviceChoice, GpuInfo};
+pub use error::{ComputeError, Result};
+pub use gpu::GpuContext;
+pub use run::{Combine, DiffStats, MergeSpec, Sparsify, Term};
+
+use crate::DType;
+
+/// A tensor's bytes as a kernel input.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// F32, F16 or BF16.
+    pub dtype: DType,
+    /// Little-endian elements, any alignment.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    /// Wraps bytes of `dtype`.
+    pub fn new(dtype: DType, bytes: &'a [u8]) -> Self {
+        Input { dtype, bytes }
+    }
+
+    /// Wraps f32 values.
+    pub fn f32(values: &'a [f32]) -> Self {
+        Input::new(DType::F32, bytemuck::cast_slice(values))
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.dtype.size().max(1)
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Code of a kernel dtype in the shaders (`DT_*` in `common.wgsl`).
+pub(crate) fn dtype_code(tensor: &str, dtype: DType) -> Result<u32> {
+    match dtype {
+        DType::F32 => Ok(0),
+        DType::F16 => Ok(1),
+        DType::BF16 => Ok(2),
+        _ => Err(ComputeError::DType {
+            tensor: tensor.to_owned(),
+            dtype,
+        }),
+    }
+}
+
+/// What each backend implements; [`Device`] adds the logic shared by both
+/// (resolving densities into thresholds, SLERP's coefficients, ...).
+pub(crate) trait Backend {
+    /// Runs `merge.wgsl` / [`ops::merge_element`] over every element.
+    #[allow(clippy::too_many_arguments)]
+    fn merge(
+        &self,
+        tensor: &str,
+        p: &ops::MergeParams,
+        models: &[ops::ModelParams],
+        inputs: &[Input<'_>],
+        base: Option<Input<'_>>,
+        out: &mut [u8],
+        out_dtype: DType,
+    ) -> Result<()>;
+
+    /// Sums of `stats.wgsl` over (a, b), optionally relative to a base.
+    fn stats(
+        &self,
+        tensor: &str,
+        a: Input<'_>,
+        b: Input<'_>,
+        base: Option<Input<'_>>,
+    ) -> Result<ops::StatSums>;
+
+    /// Bits of the `k`-th largest |x − base| (1-based; `1 <= k <= len`).
+    fn kth_largest_abs(
+        &self,
+        tensor: &str,
+        x: Input<'_>,
+        base: Option<Input<'_>>,
+        k: usize,
+    ) -> Result<u32>;
+
+    /// `W + s·B·A`.
+    #[allow(clippy::too_many_arguments)]
+    fn lowrank(
+        &self,
+        tensor: &str,
+        w: Input<'_>,
+        b: Input<'_>,
+        a: Input<'_>,
+        shape: [usize; 3],
+        scale: f32,
+        out: &mut [u8],
+        out_dtype: DType,
+    ) -> Result<()>;
+}

@@ -1,0 +1,128 @@
+// Merging N tensors element by element, optionally around a base:
+//   delta_i = x_i - base   (x_i when there is no base)
+//   sparsify: none | magnitude (keep |delta_i| >= threshold_i) |
+//             random (keep with probability p_i, rescale by 1/p_i)
+//   combine:  linear  sum_i w_i delta_i
+//             ties    elect the sign of sum_i w_i delta_i, then the weighted
+//                     mean of the deltas that carry that sign
+//   out = base + lambda * combined
+// Each thread writes one pair of elements, so F16/BF16 outputs are whole u32
+// words. Must match theta_engine::compute::merge::merge_element exactly.
+
+struct Params {
+    n_models: u32,
+    len: u32,
+    seg_words: u32,
+    has_base: u32,
+    sparsify: u32,
+    combine: u32,
+    lambda: f32,
+    name_hash: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    offset_lo: u32,
+    offset_hi: u32,
+}
+
+struct Model {
+    weight: f32,
+    threshold_bits: u32,
+    keep_below: u32,
+    keep_all: u32,
+    inv_keep: f32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+// Dtype of the inputs and of the output (DT_*), fixed per pipeline.
+override IN_DT: u32 = 0u;
+override OUT_DT: u32 = 0u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> models: array<Model>;
+@group(0) @binding(2) var<storage, read> inputs: array<u32>;
+@group(0) @binding(3) var<storage, read> base: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<u32>;
+
+fn sparsify(d: f32, i: u32, j: u32) -> f32 {
+    let m = models[i];
+    if (p.sparsify == 1u) {
+        if ((bitcast<u32>(d) & 0x7fffffffu) >= m.threshold_bits) {
+            return d;
+        }
+        return 0.0;
+    }
+    if (p.sparsify == 2u) {
+        if (m.keep_all != 0u) {
+            return d;
+        }
+        let lo = p.offset_lo + j;
+        let hi = p.offset_hi + select(0u, 1u, lo < j);
+        if (draw(p.seed_lo, p.seed_hi, p.name_hash, i, lo, hi) < m.keep_below) {
+            return d * m.inv_keep;
+        }
+        return 0.0;
+    }
+    return d;
+}
+
+fn merge_one(j: u32) -> f32 {
+    var b = 0.0;
+    if (p.has_base != 0u) {
+        b = decode(base[word_of(j, IN_DT)], j, IN_DT);
+    }
+    var sum = 0.0;
+    for (var i = 0u; i < p.n_models; i++) {
+        let x = decode(inputs[i * p.seg_words + word_of(j, IN_DT)], j, IN_DT);
+        var d = x;
+        if (p.has_base != 0u) {
+            d = x - b;
+        }
+        sum += models[i].weight * sparsify(d, i, j);
+    }
+    var combined = sum;
+    if (p.combine == 1u) {
+        var num = 0.0;
+        var den = 0.0;
+        for (var i = 0u; i < p.n_models; i++) {
+            let x = decode(inputs[i * p.seg_words + word_of(j, IN_DT)], j, IN_DT);
+            var d = x;
+            if (p.has_base != 0u) {
+                d = x - b;
+            }
+            let s = sparsify(d, i, j);
+            if ((s > 0.0 && sum > 0.0) || (s < 0.0 && sum < 0.0)) {
+                num += models[i].weight * s;
+                den += models[i].weight;
+            }
+        }
+        if (abs(den) < 1e-8) {
+            den = 1.0;
+        }
+        combined = num / den;
+    }
+    return b + p.lambda * combined;
+}
+
+@compute @workgroup_size(WG)
+fn merge(@builtin(workgroup_id) wid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let pair = group_index(wid, nwg) * WG + lid;
+    let j = pair * 2u;
+    if (j >= p.len) {
+        return;
+    }
+    let v0 = merge_one(j);
+    var v1 = 0.0;
+    if (j + 1u < p.len) {
+        v1 = merge_one(j + 1u);
+    }
+    if (OUT_DT == DT_F32) {
+        out[j] = bitcast<u32>(v0);
+        out[j + 1u] = bitcast<u32>(v1);
+    } else {
+        out[pair] = encode16(v0, OUT_DT) | (encode16(v1, OUT_DT) << 16u);
+    }
+}
