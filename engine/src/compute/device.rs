@@ -86,10 +86,20 @@ impl Device {
         GpuContext::shared().map(Device::Gpu)
     }
 
-    /// A GPU if an adapter is found, else the CPU with the reason why (an
-    /// error instead when `THETA_REQUIRE_GPU=1`).
+    /// A GPU if a hardware adapter is found, else the CPU with the reason
+    /// why (an error instead when `THETA_REQUIRE_GPU=1`). A software adapter
+    /// (Mesa's lavapipe, WARP) is slower than the CPU path, so `auto` passes
+    /// it over unless `THETA_REQUIRE_GPU=1` asks for the GPU path (as CI does
+    /// to test the shaders); `--device gpu` uses it too.
     pub fn auto() -> Result<(Device, Option<String>)> {
         match Device::gpu() {
+            Ok(Device::Gpu(g)) if g.info().device_type == "Cpu" && !require_gpu() => {
+                let why = format!(
+                    "the only GPU adapter, {}, renders in software and is slower than the CPU path (--device gpu uses it anyway)",
+                    g.info().name
+                );
+                Ok((Device::Cpu, Some(why)))
+            }
             Ok(d) => Ok((d, None)),
             Err(e) if require_gpu() => Err(e),
             Err(e) => Ok((Device::Cpu, Some(e.to_string()))),

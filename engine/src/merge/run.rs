@@ -251,7 +251,9 @@ mod tests {
         }
     }
 
-    fn setup(dir: &Path, yaml_extra: &str) -> (MergeConfig, Vec<(String, Box<dyn Checkpoint>)>) {
+    type Opened = Vec<(String, Box<dyn Checkpoint>)>;
+
+    fn setup(dir: &Path, yaml_extra: &str) -> (MergeConfig, Opened) {
         let a = model(dir, "a", 1);
         let b = model(dir, "b", 2);
         let yaml = format!(
