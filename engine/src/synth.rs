@@ -5,7 +5,10 @@
 
 use rayon::prelude::*;
 
+use std::path::{Path, PathBuf};
+
 use crate::convert;
+use crate::safetensors::{ShardPlan, ShardedWriter};
 use crate::tensor::TensorInfo;
 use crate::{DType, Result};
 
@@ -35,6 +38,16 @@ impl LlamaShape {
         layers: 4,
         heads: 8,
         kv_heads: 4,
+    };
+
+    /// A minimal model (3 layers of width 8) for tests.
+    pub const MICRO: LlamaShape = LlamaShape {
+        vocab: 32,
+        hidden: 8,
+        intermediate: 16,
+        layers: 3,
+        heads: 2,
+        kv_heads: 2,
     };
 
     /// Llama-2-7B's dimensions.
@@ -232,6 +245,39 @@ pub fn tuned_tensor_bytes(
     let mut out = vec![0u8; count * tensor.dtype.size()];
     convert::from_f32(&tensor.name, &vals, &mut out, tensor.dtype)?;
     Ok(out)
+}
+
+/// Elements generated at a time by [`write_model`]: bounds memory whatever
+/// the tensor size.
+const WRITE_CHUNK: u64 = 1 << 22;
+
+/// Writes model `seed` (with `tune` applied) into folder `dir` as
+/// `model.safetensors`, or as shards of at most `max_shard_bytes` with an
+/// index, generating one chunk of one tensor at a time. Returns the files.
+pub fn write_model(
+    dir: &Path,
+    tensors: &[TensorInfo],
+    seed: u64,
+    tune: Option<&Tune>,
+    max_shard_bytes: u64,
+) -> Result<Vec<PathBuf>> {
+    let metadata = vec![("format".to_owned(), "pt".to_owned())];
+    let plan = ShardPlan::new("model", tensors, &metadata, max_shard_bytes)?;
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let mut writer = ShardedWriter::create(dir, plan.clone())?;
+    for t in plan.tensors() {
+        let n = t.numel();
+        let mut start = 0;
+        while start < n {
+            let count = (n - start).min(WRITE_CHUNK);
+            writer.write_part(
+                &t.name,
+                &tuned_tensor_bytes(seed, tune, t, start, count as usize)?,
+            )?;
+            start += count;
+        }
+    }
+    writer.finish()
 }
 
 #[cfg(test)]

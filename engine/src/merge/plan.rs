@@ -401,31 +401,14 @@ fn is_embedding(name: &str) -> bool {
 mod tests {
     use super::*;
     use crate::checkpoint;
-    use crate::safetensors::{HeaderPlan, SafetensorsWriter};
     use crate::synth::{self, LlamaShape};
 
-    const SHAPE: LlamaShape = LlamaShape {
-        vocab: 32,
-        hidden: 8,
-        intermediate: 16,
-        layers: 3,
-        heads: 2,
-        kv_heads: 2,
-    };
+    const SHAPE: LlamaShape = LlamaShape::MICRO;
 
     fn write(dir: &std::path::Path, name: &str, tensors: &[TensorInfo], seed: u64) -> String {
-        let path = dir.join(format!("{name}.safetensors"));
-        let plan = HeaderPlan::new(tensors, &Vec::new()).expect("plan");
-        let mut w = SafetensorsWriter::create(&path, plan).expect("create");
-        for t in tensors {
-            w.write_tensor(
-                &t.name,
-                &synth::tensor_bytes(seed, t, 0, t.numel() as usize).expect("bytes"),
-            )
-            .expect("write");
-        }
-        w.finish().expect("finish");
-        path.to_string_lossy().into_owned()
+        let folder = dir.join(name);
+        synth::write_model(&folder, tensors, seed, None, u64::MAX).expect("write model");
+        folder.to_string_lossy().into_owned()
     }
 
     fn run(yaml: &str, models: &[(String, Box<dyn Checkpoint>)]) -> Result<MergePlan, String> {
@@ -515,7 +498,7 @@ mod tests {
         let e =
             run(&yaml(&lacking), &open_all(&[base.clone(), lacking.clone()])).expect_err("missing");
         assert!(
-            e.contains("lacking.safetensors has no tensor `model.norm.weight`"),
+            e.contains("lacking has no tensor `model.norm.weight`"),
             "{e}"
         );
         let e = run(&yaml(&wider), &open_all(&[base.clone(), wider.clone()])).expect_err("shape");

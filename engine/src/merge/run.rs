@@ -208,35 +208,13 @@ mod tests {
     use super::*;
     use crate::checkpoint::{self, Checkpoint};
     use crate::merge::{MergeConfig, plan};
-    use crate::safetensors::{HeaderPlan, SafetensorsWriter};
     use crate::synth::{self, LlamaShape};
     use crate::{DType, TensorInfo};
 
-    const SHAPE: LlamaShape = LlamaShape {
-        vocab: 32,
-        hidden: 8,
-        intermediate: 16,
-        layers: 3,
-        heads: 2,
-        kv_heads: 2,
-    };
-
     fn model(dir: &Path, name: &str, seed: u64) -> PathBuf {
         let folder = dir.join(name);
-        std::fs::create_dir_all(&folder).expect("mkdir");
-        let path = folder.join("model.safetensors");
-        let tensors = SHAPE.tensors(DType::BF16);
-        let mut w =
-            SafetensorsWriter::create(&path, HeaderPlan::new(&tensors, &Vec::new()).expect("plan"))
-                .expect("create");
-        for t in &tensors {
-            w.write_tensor(
-                &t.name,
-                &synth::tensor_bytes(seed, t, 0, t.numel() as usize).expect("bytes"),
-            )
-            .expect("write");
-        }
-        w.finish().expect("finish");
+        let tensors = LlamaShape::MICRO.tensors(DType::BF16);
+        synth::write_model(&folder, &tensors, seed, None, u64::MAX).expect("write model");
         folder
     }
 
