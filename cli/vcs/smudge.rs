@@ -233,7 +233,11 @@ pub fn raw_lengths(t: &TensorEntry) -> Result<Vec<u64>, SmudgeError> {
     }
 }
 
-fn write_tensor(
+/// Writes the bytes of tensor `t`, rebuilt from its objects in `store`, to
+/// `out`; returns how many were written. This is the one place a tensor entry
+/// becomes bytes: merge, diff and update chains read tensors through it (or
+/// [`read_tensor`]).
+pub fn write_tensor(
     t: &TensorEntry,
     store: &Store,
     out: &mut (impl Write + ?Sized),
@@ -260,6 +264,21 @@ fn write_tensor(
         n += raw.len() as u64;
     }
     Ok(n)
+}
+
+/// The bytes of tensor `t`, rebuilt from its objects in `store`.
+pub fn read_tensor(t: &TensorEntry, store: &Store) -> Result<Vec<u8>, SmudgeError> {
+    let mut out = Vec::with_capacity(usize::try_from(t.size).unwrap_or(0));
+    write_tensor(t, store, &mut out)?;
+    if out.len() as u64 != t.size {
+        return Err(SmudgeError::Inconsistent(format!(
+            "tensor `{}`: rebuilt {} bytes where the manifest says {}",
+            t.name,
+            out.len(),
+            t.size
+        )));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
