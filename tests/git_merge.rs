@@ -270,7 +270,8 @@ fn both_sides_changed_merge_by_average_task_arithmetic_and_ties() {
     let (b, o, th) = (tensor(&t.base), tensor(&t.ours), tensor(&t.theirs));
 
     // The default when nothing overrides .theta.toml's ties: the file's.
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<f32>)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<f32>);
+    let cases: Vec<Case<'_>> = vec![
         (
             "average",
             vec![("THETA_MERGE_STRATEGY", "average")],
