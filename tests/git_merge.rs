@@ -445,8 +445,7 @@ fn delete_against_modify_and_manual_rules_conflict() {
         "{msg}"
     );
     assert!(!msg.contains("layers.0.attn.w:"), "attn is averaged: {msg}");
-    // Resolve with task arithmetic: the deleted tensor stays deleted? No:
-    // task arithmetic cannot settle a deletion, ours can.
+    // Task arithmetic cannot settle a deletion.
     let out = t.s.run(
         &t.repo,
         "git",
@@ -458,10 +457,45 @@ fn delete_against_modify_and_manual_rules_conflict() {
         "{}",
         text(&out)
     );
-    t.s.git(&t.repo, &["theta", "mergetool", "--strategy", "ours", FILE]);
+    // Interactively: a typo is asked again; task arithmetic for the MLP,
+    // theirs (the modified norm) for the deletion.
+    let mut child =
+        t.s.cmd(&t.repo, "git", &["theta", "mergetool", "--interactive"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn mergetool");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"task-arithmetic lamda=1\ntask_arithmetic lambda=1\ntheirs\n")
+            .expect("answers");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown parameter `lamda`"),
+        "{}",
+        text(&out)
+    );
     let got = t.merged();
-    assert!(got.iter().all(|(n, ..)| n != "norm.weight"));
-    assert_eq!(get(&got, "layers.0.mlp.w"), get(&t.ours, "layers.0.mlp.w"));
+    assert_eq!(get(&got, "norm.weight"), get(&t.theirs, "norm.weight"));
+    let ta: Vec<f32> = get(&t.base, "layers.0.mlp.w")
+        .iter()
+        .zip(
+            get(&t.ours, "layers.0.mlp.w")
+                .iter()
+                .zip(get(&t.theirs, "layers.0.mlp.w")),
+        )
+        .map(|(b, (x, y))| b + 1.0 * ((x - b) + (y - b)))
+        .collect();
+    assert_close(
+        get(&got, "layers.0.mlp.w"),
+        &ta,
+        "task arithmetic at the prompt",
+    );
     t.s.git(&t.repo, &["commit", "-q", "--no-edit"]);
     t.status_is_clean();
 }

@@ -12,7 +12,7 @@ use crate::vcs::clean::CleanOptions;
 use crate::vcs::git;
 use crate::vcs::manifest::{Manifest, looks_like_manifest};
 use crate::vcs::merge::policy::{self, Policy};
-use crate::vcs::merge::{self, Conflict, Context, Merged, strategy};
+use crate::vcs::merge::{self, Conflict, Context, Merged, prompt, strategy};
 use crate::vcs::smudge;
 use crate::vcs::store::Store;
 use crate::vcs::transport::LfsFetcher;
@@ -51,6 +51,10 @@ pub struct ToolArgs {
     /// and DIR/theirs for manual work, and resolve nothing.
     #[arg(long, value_name = "DIR", conflicts_with = "strategy")]
     pub write_versions: Option<PathBuf>,
+    /// Ask which strategy settles each remaining conflict (the default on a
+    /// terminal without --strategy); an answer ending in `!` applies to all remaining.
+    #[arg(long, short = 'i', conflicts_with_all = ["strategy", "write_versions"])]
+    pub interactive: bool,
 }
 
 /// The policy for this merge: `THETA_MERGE_STRATEGY` if set, else the
@@ -288,7 +292,9 @@ pub fn run_tool(args: &ToolArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.write_versions {
         return write_versions(&files, dir);
     }
-    let policy = match &args.strategy {
+    let interactive = args.interactive
+        || (args.strategy.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdin()));
+    let mut policy = match &args.strategy {
         Some(s) => {
             let list: Vec<&str> = args.params.iter().map(String::as_str).collect();
             let params =
@@ -309,36 +315,54 @@ pub fn run_tool(args: &ToolArgs) -> anyhow::Result<()> {
             failed += 1;
             continue;
         }
-        match merge_blobs(
-            &blob(b.as_ref())?,
-            &blob(o.as_ref())?,
-            &blob(t.as_ref())?,
-            &policy,
-            &clean,
-        )? {
-            Ok(m) => {
-                let oid = git::run_with_input(
-                    &["hash-object", "-w", "--no-filters", "--stdin"],
-                    Some(m.manifest.to_bytes()),
-                )?;
-                let oid = String::from_utf8_lossy(&oid).trim().to_owned();
-                git::run(&[
-                    "update-index",
-                    "--cacheinfo",
-                    &format!("{},{oid},{}", u.mode, u.path),
-                ])?;
-                git::run(&["checkout-index", "-f", "--", &u.path])?;
-                println!("git-theta: resolved {}: {}", u.path, m.summary);
-            }
-            Err(conflicts) => {
-                print_conflicts(&u.path, &conflicts);
+        let (b, o, t) = (blob(b.as_ref())?, blob(o.as_ref())?, blob(t.as_ref())?);
+        loop {
+            let conflicts = match merge_blobs(&b, &o, &t, &policy, &clean)? {
+                Ok(m) => {
+                    stage(u, &m)?;
+                    break;
+                }
+                Err(c) => c,
+            };
+            print_conflicts(&u.path, &conflicts);
+            let choices = if interactive {
+                prompt::ask(
+                    &conflicts,
+                    &mut std::io::stdin().lock(),
+                    &mut std::io::stderr(),
+                )?
+            } else {
+                vec![]
+            };
+            if choices.is_empty() {
                 failed += 1;
+                break;
+            }
+            for (name, chosen) in choices {
+                policy.choose(&name, chosen);
             }
         }
     }
     if failed > 0 {
         bail!("{failed} checkpoint(s) still conflicted");
     }
+    Ok(())
+}
+
+/// Stages the merged manifest for `u` and writes its checkpoint.
+fn stage(u: &Unmerged, m: &Merged) -> anyhow::Result<()> {
+    let oid = git::run_with_input(
+        &["hash-object", "-w", "--no-filters", "--stdin"],
+        Some(m.manifest.to_bytes()),
+    )?;
+    let oid = String::from_utf8_lossy(&oid).trim().to_owned();
+    git::run(&[
+        "update-index",
+        "--cacheinfo",
+        &format!("{},{oid},{}", u.mode, u.path),
+    ])?;
+    git::run(&["checkout-index", "-f", "--", &u.path])?;
+    println!("git-theta: resolved {}: {}", u.path, m.summary);
     Ok(())
 }
 

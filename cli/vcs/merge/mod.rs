@@ -5,8 +5,10 @@
 //! - [`three_way`]: tensor by tensor against the base; conflicts.
 //! - [`policy`]: which strategy each tensor gets (`.theta.toml`, overrides).
 //! - [`strategy`]: the strategies (ours, theirs, average, ties, ...).
+//! - [`prompt`]: `mergetool`'s questions, conflict by conflict.
 
 pub mod policy;
+pub mod prompt;
 pub mod strategy;
 pub mod three_way;
 

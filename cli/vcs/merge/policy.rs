@@ -47,6 +47,8 @@ struct Rule {
 pub struct Policy {
     default: Configured,
     rules: Vec<Rule>,
+    /// Choices for single tensors (made at a prompt), ahead of the rules.
+    exact: Vec<(String, Configured)>,
 }
 
 /// A configuration that cannot be used.
@@ -96,6 +98,7 @@ impl Policy {
         Ok(Policy {
             default: configure(name, params, name.to_owned(), source)?,
             rules: vec![],
+            exact: vec![],
         })
     }
 
@@ -146,7 +149,11 @@ impl Policy {
                 .map_err(|e| err(format!("{at}: {}", e.message)))?;
             rules.push(Rule { patterns, chosen });
         }
-        Ok(Policy { default, rules })
+        Ok(Policy {
+            default,
+            rules,
+            exact: vec![],
+        })
     }
 
     /// `THETA_MERGE_STRATEGY` (a strategy for every tensor, replacing the
@@ -172,17 +179,28 @@ impl Policy {
         Policy::single(&name, &parsed, "THETA_MERGE_STRATEGY").map(Some)
     }
 
-    /// The strategy for tensor `name`: the first rule whose pattern matches,
-    /// else the default.
+    /// The strategy for tensor `name`: one chosen for it alone, else the
+    /// first rule whose pattern matches, else the default.
     pub fn for_tensor(&self, name: &str) -> &Configured {
+        if let Some((_, c)) = self.exact.iter().find(|(n, _)| n == name) {
+            return c;
+        }
         self.rules
             .iter()
             .find(|r| r.patterns.iter().any(|p| p.matches(name)))
             .map_or(&self.default, |r| &r.chosen)
     }
+
+    /// Uses `chosen` for tensor `name` alone, ahead of every rule.
+    pub fn choose(&mut self, name: &str, chosen: Configured) {
+        self.exact.retain(|(n, _)| n != name);
+        self.exact.push((name.to_owned(), chosen));
+    }
 }
 
-fn configure(
+/// Builds strategy `name` with `params`; `label` names it in messages and
+/// `source` in errors.
+pub fn configure(
     name: &str,
     params: &Params,
     label: String,
