@@ -222,61 +222,25 @@ pub static ALL: &[Def] = &[
         name: "task_arithmetic",
         about: "base + lambda * (weight_ours * (ours - base) + weight_theirs * (theirs - base))",
         params: &["weight", "lambda"],
-        build: |a| {
-            Ok(Box::new(Arith {
-                weight: a.per_side("weight", 1.0)?,
-                density: [1.0; 2],
-                lambda: a.shared("lambda", 1.0)? as f32,
-                sparsify: Sparsify::None,
-                combine: Combine::Linear,
-                with_base: true,
-            }))
-        },
+        build: |a| task_vectors(a, Sparsify::None, Combine::Linear),
     },
     Def {
         name: "ties",
         about: "TIES: trim each side's task vector to `density`, elect signs, disjoint mean",
         params: &["weight", "density", "lambda"],
-        build: |a| {
-            Ok(Box::new(Arith {
-                weight: a.per_side("weight", 1.0)?,
-                density: a.density()?,
-                lambda: a.shared("lambda", 1.0)? as f32,
-                sparsify: Sparsify::Magnitude,
-                combine: Combine::Ties,
-                with_base: true,
-            }))
-        },
+        build: |a| task_vectors(a, Sparsify::Magnitude, Combine::Ties),
     },
     Def {
         name: "dare_ties",
         about: "DARE drop-and-rescale of each task vector (seeded), then TIES sign election",
         params: &["weight", "density", "lambda", "seed"],
-        build: |a| {
-            Ok(Box::new(Arith {
-                weight: a.per_side("weight", 1.0)?,
-                density: a.density()?,
-                lambda: a.shared("lambda", 1.0)? as f32,
-                sparsify: Sparsify::Random { seed: a.seed()? },
-                combine: Combine::Ties,
-                with_base: true,
-            }))
-        },
+        build: |a| task_vectors(a, Sparsify::Random { seed: a.seed()? }, Combine::Ties),
     },
     Def {
         name: "dare_linear",
         about: "DARE drop-and-rescale of each task vector (seeded), then a weighted sum",
         params: &["weight", "density", "lambda", "seed"],
-        build: |a| {
-            Ok(Box::new(Arith {
-                weight: a.per_side("weight", 1.0)?,
-                density: a.density()?,
-                lambda: a.shared("lambda", 1.0)? as f32,
-                sparsify: Sparsify::Random { seed: a.seed()? },
-                combine: Combine::Linear,
-                with_base: true,
-            }))
-        },
+        build: |a| task_vectors(a, Sparsify::Random { seed: a.seed()? }, Combine::Linear),
     },
     Def {
         name: "slerp",
@@ -291,6 +255,22 @@ pub static ALL: &[Def] = &[
         },
     },
 ];
+
+/// The task-arithmetic family: deltas from the base, thinned and combined.
+fn task_vectors(
+    a: &Args<'_>,
+    sparsify: Sparsify,
+    combine: Combine,
+) -> Result<Box<dyn Strategy>, String> {
+    Ok(Box::new(Arith {
+        weight: a.per_side("weight", 1.0)?,
+        density: a.density()?,
+        lambda: a.shared("lambda", 1.0)? as f32,
+        sparsify,
+        combine,
+        with_base: true,
+    }))
+}
 
 /// Looks a strategy up by name (`-` and `_` alike; `linear` is `average`).
 pub fn by_name(name: &str) -> Option<&'static Def> {
