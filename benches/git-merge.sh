@@ -2,7 +2,8 @@
 # `git merge` of two fine-tunes of one checkpoint where every tensor changed
 # on both sides, so the merge driver computes every tensor (the worst case).
 # Reports the driver's wall time and peak RSS, and the whole `git merge`
-# (driver, then git writing the merged checkpoint into the working tree),
+# (driver, then git writing the merged checkpoint into the working tree; its
+# peak RSS is git's, which holds a filter's output in memory at checkout),
 # against the time to read the three versions and write the result:
 # `git theta smudge` of base, ours and theirs to /dev/null plus a clean of the
 # merged checkpoint into an empty object store. Target: driver within 2x.
@@ -24,7 +25,8 @@ command -v git-lfs >/dev/null || { echo "git-lfs is required" >&2; exit 1; }
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/theta-merge-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 export HOME=$WORK/home GIT_CONFIG_NOSYSTEM=1 PATH="$(dirname "$BIN"):$PATH"
-mkdir -p "$HOME"
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$WORK/run} # Vulkan loaders want one
+mkdir -p "$HOME" && mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 git config --global user.name bench
 git config --global user.email bench@example.com
 git config --global init.defaultBranch main
@@ -33,9 +35,9 @@ git theta install >/dev/null
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-timed() { # label cmd...: runs cmd, prints "label: S s, R MiB peak RSS"
+timed() { # label cmd...: runs cmd (stdout discarded), prints "label: S s, R MiB peak RSS"
   local label=$1; shift
-  /usr/bin/time -f "%e %M" -o "$WORK/time" "$@"
+  /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" > /dev/null
   read -r secs kib < "$WORK/time"
   printf '%-44s %8.2f s  %8.0f MiB peak RSS\n' "$label" "$secs" "$(awk -v k="$kib" 'BEGIN { print k / 1024 }')"
   echo "$secs" > "$WORK/last"
@@ -77,7 +79,7 @@ read3=$(elapsed "$t")
 printf '%-44s %8.2f s\n' "read 3 versions (smudge to /dev/null)" "$read3"
 git-theta smudge model.safetensors < "$WORK/M" > "$WORK/merged.safetensors"
 timed "write the result (clean into an empty store)" \
-  git -c lfs.storage="$WORK/fresh-lfs" theta clean model.safetensors < "$WORK/merged.safetensors" > /dev/null
+  git -c lfs.storage="$WORK/fresh-lfs" theta clean model.safetensors < "$WORK/merged.safetensors"
 write=$(cat "$WORK/last")
 rm -rf "$WORK/fresh-lfs" "$WORK/merged.safetensors"
 awk -v d="$driver" -v r="$read3" -v w="$write" \
