@@ -546,3 +546,20 @@ fn a_merge_commit_s_new_objects_are_pushed_and_cloned() {
     assert_eq!(common::sha256_file(&clone.join(FILE)), merged);
     assert_eq!(t.s.git(&clone, &["status", "--porcelain"]), "");
 }
+
+#[test]
+fn install_configures_the_driver_and_uninstall_removes_it() {
+    let s = Sandbox::new();
+    let get = |key: &str| s.run(&s.home, "git", &["config", "--global", "--get", key]);
+    let driver = get("merge.theta.driver");
+    assert_eq!(
+        String::from_utf8_lossy(&driver.stdout).trim(),
+        "git-theta merge-driver %O %A %B %P"
+    );
+    let repo = s.repo("repo");
+    let attrs = std::fs::read_to_string(repo.join(".gitattributes")).expect("attrs");
+    assert!(attrs.contains("merge=theta"), "{attrs}");
+    s.git(&s.home, &["theta", "uninstall"]);
+    assert!(!get("merge.theta.driver").status.success());
+    assert!(!get("merge.theta.name").status.success());
+}
