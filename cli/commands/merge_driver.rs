@@ -269,10 +269,11 @@ fn blob(oid: Option<&String>) -> anyhow::Result<Vec<u8>> {
 /// Runs `mergetool`.
 pub fn run_tool(args: &ToolArgs) -> anyhow::Result<()> {
     let top = git::toplevel()?;
+    // PATHs are relative to where the command runs; git paths to the top.
+    let prefix = git::text(&["rev-parse", "--show-prefix"])?;
     std::env::set_current_dir(&top).with_context(|| format!("cannot enter {}", top.display()))?;
     let mut files = unmerged()?;
     if !args.paths.is_empty() {
-        let prefix = std::env::var("GIT_PREFIX").unwrap_or_default();
         let wanted: Vec<String> = args
             .paths
             .iter()
