@@ -200,6 +200,12 @@ fn disjoint_changes_merge_cleanly_with_both_present() {
     );
     assert_eq!(get(&got, "embed.weight"), get(&t.theirs, "embed.weight"));
     assert_eq!(get(&got, "head.bias"), get(&t.theirs, "head.bias"));
+    // A new layout gets a new header that keeps ours' metadata.
+    let file = SafetensorsFile::open(t.repo.join(FILE)).expect("open");
+    assert_eq!(
+        file.metadata(),
+        &vec![("format".to_owned(), "pt".to_owned())]
+    );
     t.status_is_clean();
     let parents = t.s.git(&t.repo, &["log", "-1", "--format=%P"]);
     assert_eq!(parents.split_whitespace().count(), 2, "a merge commit");
