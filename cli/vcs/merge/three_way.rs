@@ -147,43 +147,29 @@ pub fn merge(
     }
     fetch_inputs(&picks, ours, cx)?;
 
-    let mut summary = Summary::default();
-    let mut tensors = Vec::with_capacity(picks.len());
-    for p in picks {
-        match p {
-            Pick::Keep(entry, side) => {
-                match side {
-                    Some(Side::Ours) => summary.from_ours += 1,
-                    Some(Side::Theirs) => summary.from_theirs += 1,
-                    Some(Side::Base) => summary.from_base += 1,
-                    None => {}
-                }
-                match entry {
-                    Some(e) => tensors.push(e.clone()),
-                    None => summary.deleted += u64::from(side.is_some()),
-                }
-            }
+    // A reader thread reads the next computed tensor's versions while this
+    // one computes and stores (one tensor ahead: memory stays bounded).
+    let jobs: Vec<Job<'_>> = picks
+        .iter()
+        .filter_map(|p| match p {
             Pick::Compute {
-                label,
-                strategy,
-                dtype,
-                base,
-                ours,
-                theirs,
-            } => {
-                let (entry, new) =
-                    compute(strategy, dtype, base, ours, theirs, cx).map_err(|reason| {
-                        vec![Conflict {
-                            tensor: Some(ours.name.clone()),
-                            reason: format!("{label} failed: {reason}"),
-                        }]
-                    })?;
-                *summary.computed.entry(label.to_owned()).or_default() += 1;
-                summary.new_objects += new;
-                tensors.push(entry);
+                base, ours, theirs, ..
+            } => Some((*ours, *theirs, *base)),
+            Pick::Keep(..) => None,
+        })
+        .collect();
+    let store = cx.store;
+    let (mut summary, tensors) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for job in jobs {
+                if tx.send(read_versions(job, store)).is_err() {
+                    break;
+                }
             }
-        }
-    }
+        });
+        assemble(picks, &rx, cx)
+    })?;
     let (head, new) = head_for(&tensors, ours, theirs, cx.store).map_err(|reason| {
         vec![Conflict {
             tensor: None,
@@ -367,23 +353,81 @@ fn fetch_inputs(
     })
 }
 
-/// Computes one tensor and stores it; returns its entry and the number of
-/// new objects.
-fn compute(
-    strategy: &dyn super::strategy::Strategy,
-    dtype: DType,
-    base: Option<&TensorEntry>,
-    ours: &TensorEntry,
-    theirs: &TensorEntry,
-    cx: &mut Context<'_>,
-) -> Result<(TensorEntry, u64), String> {
-    let store = cx.store;
+/// The versions a computation reads: ours, theirs, the base.
+type Job<'a> = (&'a TensorEntry, &'a TensorEntry, Option<&'a TensorEntry>);
+/// Their bytes.
+type Read = Result<(Vec<u8>, Vec<u8>, Option<Vec<u8>>), String>;
+
+/// Reads the three versions of a tensor, in parallel.
+fn read_versions((ours, theirs, base): Job<'_>, store: &Store) -> Read {
     let read = |t: &TensorEntry| read_tensor(t, store).map_err(|e| e.to_string());
     let (o, (t, b)) = rayon::join(
         || read(ours),
         || rayon::join(|| read(theirs), || base.map(read).transpose()),
     );
-    let (o, t, b) = (o?, t?, b?);
+    Ok((o?, t?, b?))
+}
+
+/// The merged tensors in order, computing each [`Pick::Compute`] from the
+/// versions `rx` delivers (in the same order).
+fn assemble(
+    picks: Vec<Pick<'_>>,
+    rx: &std::sync::mpsc::Receiver<Read>,
+    cx: &mut Context<'_>,
+) -> Result<(Summary, Vec<TensorEntry>), Vec<Conflict>> {
+    let mut summary = Summary::default();
+    let mut tensors = Vec::with_capacity(picks.len());
+    for p in picks {
+        match p {
+            Pick::Keep(entry, side) => {
+                match side {
+                    Some(Side::Ours) => summary.from_ours += 1,
+                    Some(Side::Theirs) => summary.from_theirs += 1,
+                    Some(Side::Base) => summary.from_base += 1,
+                    None => {}
+                }
+                match entry {
+                    Some(e) => tensors.push(e.clone()),
+                    None => summary.deleted += u64::from(side.is_some()),
+                }
+            }
+            Pick::Compute {
+                label,
+                strategy,
+                dtype,
+                ours,
+                ..
+            } => {
+                let versions = rx
+                    .recv()
+                    .map_err(|_| "the reader stopped".to_owned())
+                    .and_then(|r| r);
+                let (entry, new) = versions
+                    .and_then(|v| compute(strategy, dtype, ours, v, cx))
+                    .map_err(|reason| {
+                        vec![Conflict {
+                            tensor: Some(ours.name.clone()),
+                            reason: format!("{label} failed: {reason}"),
+                        }]
+                    })?;
+                *summary.computed.entry(label.to_owned()).or_default() += 1;
+                summary.new_objects += new;
+                tensors.push(entry);
+            }
+        }
+    }
+    Ok((summary, tensors))
+}
+
+/// Computes one tensor from its versions' bytes and stores it; returns its
+/// entry and the number of new objects.
+fn compute(
+    strategy: &dyn super::strategy::Strategy,
+    dtype: DType,
+    ours: &TensorEntry,
+    (o, t, b): (Vec<u8>, Vec<u8>, Option<Vec<u8>>),
+    cx: &mut Context<'_>,
+) -> Result<(TensorEntry, u64), String> {
     let device = (cx.device)()?;
     let mut out = vec![0u8; o.len()];
     let versions = Versions {
@@ -396,7 +440,7 @@ fn compute(
     strategy.compute(&device, &versions, &mut out)?;
     drop((o, t, b));
     let info = TensorInfo::new(ours.name.clone(), dtype, ours.shape.clone());
-    let (entry, s) = store_tensor(&info, cx.clean.rows_for(&info), &mut &out[..], store)
+    let (entry, s) = store_tensor(&info, cx.clean.rows_for(&info), &mut &out[..], cx.store)
         .map_err(|e| e.to_string())?;
     Ok((entry, s.new_objects))
 }
