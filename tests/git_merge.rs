@@ -263,8 +263,23 @@ fn ties_expected(
         .collect()
 }
 
+/// Spherical interpolation from `a` (t = 0) to `b` (t = 1).
+fn slerp_expected(a: &[f32], b: &[f32], t: f64) -> Vec<f32> {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let theta = (dot / (na * nb)).clamp(-1.0, 1.0).acos();
+    let c0 = (((1.0 - t) * theta).sin() / theta.sin()) as f32;
+    let c1 = ((t * theta).sin() / theta.sin()) as f32;
+    a.iter().zip(b).map(|(x, y)| c0 * x + c1 * y).collect()
+}
+
 #[test]
-fn both_sides_changed_merge_by_average_task_arithmetic_and_ties() {
+fn both_sides_changed_merge_by_average_task_arithmetic_slerp_and_ties() {
     let toml =
         "[merge]\nstrategy = \"ties\"\ndensity = 0.5\nweight = { ours = 1.0, theirs = 0.5 }\n";
     let t = setup(
@@ -293,6 +308,14 @@ fn both_sides_changed_merge_by_average_task_arithmetic_and_ties() {
                 .zip(o.iter().zip(&th))
                 .map(|(b, (x, y))| b + 0.8 * ((x - b) + 0.5 * (y - b)))
                 .collect(),
+        ),
+        (
+            "slerp",
+            vec![
+                ("THETA_MERGE_STRATEGY", "slerp"),
+                ("THETA_MERGE_PARAMS", "t=0.3"),
+            ],
+            slerp_expected(&o, &th, 0.3),
         ),
         (
             "ties (.theta.toml)",
