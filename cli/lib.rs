@@ -46,6 +46,9 @@ pub enum Command {
     LsFiles,
     /// Show which tensors of tracked checkpoints are staged or modified.
     Status,
+    /// Resolve conflicted checkpoints after `git merge` with a strategy, or
+    /// write their base/ours/theirs versions out for manual work.
+    Mergetool(commands::merge_driver::ToolArgs),
     /// Show the compute device (GPU adapter, limits) commands will use.
     Doctor(commands::doctor::Args),
     /// Long-running filter process git talks to (plumbing).
@@ -60,6 +63,9 @@ pub enum Command {
     /// Single-shot smudge: manifest on stdin, checkpoint on stdout (plumbing).
     #[command(hide = true)]
     Smudge(commands::filter::PathArgs),
+    /// The merge driver git runs as `git-theta merge-driver %O %A %B %P` (plumbing).
+    #[command(hide = true)]
+    MergeDriver(commands::merge_driver::DriverArgs),
 }
 
 /// Runs the command line given by `args` and returns the process exit code.
@@ -90,6 +96,8 @@ where
         Command::Smudge(args) => commands::filter::run_smudge(&args),
         Command::PrePush(args) => commands::filter::run_pre_push(&args),
         Command::Doctor(args) => commands::doctor::run(&args),
+        Command::Mergetool(args) => commands::merge_driver::run_tool(&args),
+        Command::MergeDriver(args) => commands::merge_driver::run_driver(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on built-in example data: builds git-theta, writes a small
 # Llama-shaped example model and inspects it, versions it in a git repository
-# (two commits: the model, then a fine-tune of one layer), and frankenmerges
-# layers of two models.
+# (two commits: the model, then a fine-tune of one layer), merges a second
+# fine-tune from another branch with `git merge`, and frankenmerges layers of
+# two models.
 # Usage: scripts/demo.sh [DIR]   (default: ./demo)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -41,6 +42,18 @@ step "check out the first commit again: byte for byte the original"
 git checkout -q HEAD~1 -- model.safetensors
 sha256sum model.safetensors "$dir/base/model.safetensors" | sed "s|$dir/||"
 git checkout -q HEAD -- model.safetensors
+git status --short
+
+step "git merge: a second fine-tune on another branch, merged tensor by tensor"
+git theta example "$dir/tuned2" --seed 0 --tune layers.1. --tune layers.3.mlp.up_proj --tune-seed 2
+git switch -q -c other HEAD~1
+cp "$dir/tuned2/model.safetensors" model.safetensors
+git -c user.name=demo -c user.email=demo@example.com commit -q -am "Fine-tune layer 1 and layer 3's up_proj"
+git switch -q -
+# layer 1: only `other` changed it, taken whole; layer 3's up_proj: changed on
+# both branches, averaged (the default; .theta.toml can choose ties, ...).
+git -c user.name=demo -c user.email=demo@example.com merge --no-edit other
+git log --oneline --graph | head -n 5
 git status --short
 cd "$dir"
 

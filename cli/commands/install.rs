@@ -32,17 +32,20 @@ impl Scope {
     }
 }
 
-/// The filter configuration: key and value.
+/// The filter and merge-driver configuration: key and value.
 ///
-/// The merge (`merge=theta`) and diff (`diff=theta`) drivers named in
-/// `.gitattributes` are not configured yet: until they exist git merges
-/// manifests as text (checkout then refuses an inconsistent result rather
-/// than writing a wrong file) and diffs them as text.
+/// The diff driver (`diff=theta`) named in `.gitattributes` is not
+/// configured yet: until it is, git diffs manifests as text.
 pub const SETTINGS: &[(&str, &str)] = &[
     ("filter.theta.process", "git-theta filter-process"),
     ("filter.theta.clean", "git-theta clean %f"),
     ("filter.theta.smudge", "git-theta smudge %f"),
     ("filter.theta.required", "true"),
+    (
+        "merge.theta.name",
+        "git-theta: per-tensor merge of checkpoints",
+    ),
+    ("merge.theta.driver", "git-theta merge-driver %O %A %B %P"),
 ];
 
 /// Runs `install`.

@@ -6,5 +6,6 @@ pub mod filter;
 pub mod inspect;
 pub mod install;
 pub mod merge;
+pub mod merge_driver;
 pub mod status;
 pub mod track;

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::io::{self, Cursor, Read, Write};
 
-use theta_engine::DType;
-use theta_engine::safetensors::header::{self, Entry, MAX_HEADER_LEN};
+use theta_engine::safetensors::header::{self, MAX_HEADER_LEN};
+use theta_engine::{DType, TensorInfo};
 
 use super::codec;
 use super::manifest::{
@@ -55,6 +55,23 @@ impl CleanOptions {
             })
             .collect();
         self
+    }
+}
+
+impl CleanOptions {
+    /// Rows per object for tensor `info`: the previous manifest's chunking
+    /// when the tensor kept its dtype and shape, else from the chunk size.
+    pub fn rows_for(&self, info: &TensorInfo) -> Option<u64> {
+        let hint = self.previous.get(&info.name).filter(|h| {
+            h.dtype == info.dtype.name()
+                && h.shape == info.shape
+                && h.chunk_rows
+                    .is_none_or(|r| r >= 1 && !info.shape.is_empty())
+        });
+        match hint {
+            Some(h) => h.chunk_rows,
+            None => chunk_rows(&info.shape, info.nbytes(), self.chunk_size.max(1)),
+        }
     }
 }
 
@@ -205,17 +222,14 @@ pub fn clean(
     let mut buf = Vec::new();
     let mut tensors = Vec::with_capacity(parsed.entries.len());
     for entry in &parsed.entries {
-        let hint = opts.previous.get(&entry.info.name).filter(|h| {
-            h.dtype == entry.info.dtype.name()
-                && h.shape == entry.info.shape
-                && h.chunk_rows
-                    .is_none_or(|r| r >= 1 && !entry.info.shape.is_empty())
-        });
-        let rows_per = match hint {
-            Some(h) => h.chunk_rows,
-            None => chunk_rows(&entry.info.shape, entry.end - entry.begin, chunk_size),
-        };
-        tensors.push(clean_tensor(entry, rows_per, input, &mut buf, &mut ctx)?);
+        let rows_per = opts.rows_for(&entry.info);
+        tensors.push(clean_tensor(
+            &entry.info,
+            rows_per,
+            input,
+            &mut buf,
+            &mut ctx,
+        )?);
     }
     let mut probe = [0u8; 1];
     if read_full(input, &mut probe).map_err(CleanError::Read)? != 0 {
@@ -249,15 +263,45 @@ pub fn chunk_rows(shape: &[u64], nbytes: u64, chunk_size: u64) -> Option<u64> {
     Some((chunk_size / row_bytes.max(1)).clamp(1, rows))
 }
 
+/// Stores tensor `info`, whose bytes are read from `input`, as objects in
+/// `sink` (split every `rows_per` rows) and returns its manifest entry. This
+/// is how every tensor entry is made: by cleaning, and by merges that compute
+/// new tensors.
+pub fn store_tensor(
+    info: &TensorInfo,
+    rows_per: Option<u64>,
+    input: &mut (impl Read + ?Sized),
+    sink: &dyn ObjectSink,
+) -> Result<(TensorEntry, CleanSummary), CleanError> {
+    let mut ctx = Ctx {
+        sink,
+        summary: CleanSummary::default(),
+    };
+    let entry = clean_tensor(info, rows_per, input, &mut Vec::new(), &mut ctx)?;
+    Ok((entry, ctx.summary))
+}
+
+/// Stores `raw` as one object (a header, say); `tensor` names it in errors.
+pub fn store_object(
+    sink: &dyn ObjectSink,
+    tensor: Option<&str>,
+    raw: &[u8],
+) -> Result<ObjectRef, CleanError> {
+    let mut ctx = Ctx {
+        sink,
+        summary: CleanSummary::default(),
+    };
+    ctx.store(tensor, raw)
+}
+
 fn clean_tensor(
-    entry: &Entry,
+    info: &TensorInfo,
     rows_per: Option<u64>,
     input: &mut (impl Read + ?Sized),
     buf: &mut Vec<u8>,
     ctx: &mut Ctx<'_>,
 ) -> Result<TensorEntry, CleanError> {
-    let info = &entry.info;
-    let nbytes = entry.end - entry.begin;
+    let nbytes = info.nbytes();
     let piece = match (rows_per, info.shape.first()) {
         (Some(r), Some(&rows)) if rows > 0 && nbytes > 0 => {
             r.max(1).saturating_mul(nbytes / rows).max(1)

@@ -9,6 +9,7 @@
 //! - [`clean`] / [`smudge`]: checkpoint → manifest + objects and back.
 //! - [`pktline`] / [`filter`]: git's long-running filter protocol.
 //! - [`transport`] / [`hooks`]: pushing and fetching objects through git-lfs.
+//! - [`merge`]: three-way merges of manifests (`git merge`'s driver).
 //! - [`git`]: running git.
 
 pub mod clean;
@@ -18,6 +19,7 @@ pub mod filter;
 pub mod git;
 pub mod hooks;
 pub mod manifest;
+pub mod merge;
 pub mod pktline;
 pub mod smudge;
 pub mod store;
