@@ -48,6 +48,14 @@ pub enum Command {
     Status,
     /// Show the compute device (GPU adapter, limits) commands will use.
     Doctor(commands::doctor::Args),
+    /// Stages files like `git add`, choosing how changed tensors are stored
+    /// (`--update`), or side-loading a PEFT LoRA/IA3 adapter (`--update-data`).
+    Add(commands::update::AddArgs),
+    /// Rewrites update chains in the index as dense snapshots (commit to keep).
+    Compact(commands::update::CompactArgs),
+    /// Writes a checkpoint plus a PEFT LoRA or IA3 adapter, exactly as
+    /// `git theta add --update-data` and checkout compute it.
+    ApplyLora(commands::apply_lora::Args),
     /// Long-running filter process git talks to (plumbing).
     #[command(hide = true)]
     FilterProcess,
@@ -90,6 +98,9 @@ where
         Command::Smudge(args) => commands::filter::run_smudge(&args),
         Command::PrePush(args) => commands::filter::run_pre_push(&args),
         Command::Doctor(args) => commands::doctor::run(&args),
+        Command::Add(args) => commands::update::run_add(&args),
+        Command::Compact(args) => commands::update::run_compact(&args),
+        Command::ApplyLora(args) => commands::apply_lora::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

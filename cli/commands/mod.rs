@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod apply_lora;
 pub mod doctor;
 pub mod example;
 pub mod filter;
@@ -8,3 +9,4 @@ pub mod install;
 pub mod merge;
 pub mod status;
 pub mod track;
+pub mod update;
