@@ -422,3 +422,29 @@ fn an_ia3_adapter_scales_rows_and_feed_forward_columns() {
     assert_eq!(sha256_file(&model), written);
     clean(&s, &repo);
 }
+
+#[test]
+fn a_change_below_the_tolerance_counts_as_unchanged() {
+    let s = Sandbox::new();
+    let repo = s.repo("repo");
+    let model = example(&s, &repo);
+    s.git(&repo, &["config", "theta.updateTolerance", "1e-3"]);
+    let committed = sha256_file(&model);
+    // One low mantissa bit of one element: far below 0.1% of the norm.
+    edit(&model, Q0, 0, |i| i == 7);
+    s.git(&repo, &["add", "m/model.safetensors"]);
+    // Nothing to commit (the documented caveat: the file differs from HEAD).
+    clean(&s, &repo);
+    assert_ne!(sha256_file(&model), committed);
+    // A real change still counts.
+    edit(&model, Q0, 3, |i| i % 3 == 0);
+    s.git(&repo, &["add", "m/model.safetensors"]);
+    assert_eq!(
+        s.git(&repo, &["status", "--porcelain"]),
+        "M  m/model.safetensors\n"
+    );
+    s.git(&repo, &["config", "theta.updateTolerance", "-1"]);
+    let bad = s.run(&repo, "git", &["theta", "status"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("theta.updateTolerance"));
+}

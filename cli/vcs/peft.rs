@@ -316,3 +316,120 @@ fn transpose(m: &[f32], rows: u64, cols: u64) -> Vec<f32> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use theta_engine::safetensors::HeaderPlan;
+    use theta_engine::{DType, TensorInfo};
+
+    fn adapter(
+        config: &str,
+        tensors: &[(&str, Vec<u64>)],
+    ) -> (tempfile::TempDir, anyhow::Result<Adapter>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("adapter_config.json"), config).expect("config");
+        let infos: Vec<TensorInfo> = tensors
+            .iter()
+            .map(|(n, s)| TensorInfo::new(*n, DType::F32, s.clone()))
+            .collect();
+        let plan = HeaderPlan::new(&infos, &vec![]).expect("plan");
+        let mut out = (plan.header_bytes().len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(plan.header_bytes());
+        for info in plan.tensors() {
+            let n: u64 = info.shape.iter().product();
+            for i in 0..n {
+                out.extend_from_slice(&(i as f32).to_le_bytes());
+            }
+        }
+        std::fs::write(dir.path().join("adapter_model.safetensors"), out).expect("weights");
+        let a = Adapter::open(dir.path());
+        (dir, a)
+    }
+
+    const A: &str = "base_model.model.h.0.attn.c_attn.lora_A.weight";
+    const B: &str = "base_model.model.h.0.attn.c_attn.lora_B.weight";
+
+    #[test]
+    fn fan_in_fan_out_transposes_and_rslora_scales_by_the_root() {
+        let cfg =
+            r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"fan_in_fan_out":true,"use_rslora":true}"#;
+        let (_d, a) = adapter(cfg, &[(A, vec![4, 6]), (B, vec![3, 4])]);
+        let a = a.expect("open");
+        // GPT-2's Conv1D: the weight is [in, out] = [6, 3].
+        let shape = [6u64, 3];
+        let base = [BaseTensor {
+            name: "h.0.attn.c_attn.weight",
+            shape: &shape,
+        }];
+        let u = a.updates(&base).expect("updates");
+        let Some(Factored::LowRank(f)) = u.get("h.0.attn.c_attn.weight") else {
+            panic!("no low-rank update: {:?}", u.keys().collect::<Vec<_>>());
+        };
+        assert_eq!(f.scale, 4.0, "alpha / sqrt(r)");
+        // B' = Aᵀ: [6 × 4]; its row 1 is A's column 1: 1, 7, 13, 19.
+        assert_eq!(&f.b[4..8], &[1.0, 7.0, 13.0, 19.0]);
+        // A' = Bᵀ: [4 × 3].
+        assert_eq!(&f.a[..3], &[0.0, 4.0, 8.0]);
+        // Not transposed, the shapes do not fit.
+        let shape = [3u64, 6];
+        let base = [BaseTensor {
+            name: "h.0.attn.c_attn.weight",
+            shape: &shape,
+        }];
+        let err = a.updates(&base).expect_err("shape").to_string();
+        assert!(err.contains(A) && err.contains("[6 × 3]"), "{err}");
+    }
+
+    #[test]
+    fn bad_adapters_are_named_errors() {
+        let shape = [3u64, 6];
+        let base = [BaseTensor {
+            name: "h.0.attn.c_attn.weight",
+            shape: &shape,
+        }];
+        let cfg = r#"{"peft_type":"LORA","r":2,"lora_alpha":8}"#;
+        let (_d, a) = adapter(cfg, &[(A, vec![4, 6]), (B, vec![3, 4])]);
+        let err = a
+            .expect("open")
+            .updates(&base)
+            .expect_err("rank")
+            .to_string();
+        assert!(err.contains("rank 4 where the config says 2"), "{err}");
+        let cfg =
+            r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"alpha_pattern":{"h\\.[0-9]+\\.attn":2}}"#;
+        let (_d, a) = adapter(cfg, &[(A, vec![4, 6]), (B, vec![3, 4])]);
+        let err = a
+            .expect("open")
+            .updates(&base)
+            .expect_err("regex")
+            .to_string();
+        assert!(err.contains("regular expression"), "{err}");
+        let (_d, a) = adapter(
+            r#"{"peft_type":"LORA","r":4,"use_dora":true}"#,
+            &[(A, vec![4, 6])],
+        );
+        assert!(a.err().expect("dora").to_string().contains("DoRA"));
+        let (_d, a) = adapter(r#"{"peft_type":"PREFIX_TUNING"}"#, &[(A, vec![4, 6])]);
+        assert!(a.err().expect("type").to_string().contains("PREFIX_TUNING"));
+        let (_d, a) = adapter(r#"{"peft_type":"LORA","r":4}"#, &[(A, vec![4, 6])]);
+        let err = a
+            .expect("open")
+            .updates(&base)
+            .expect_err("no B")
+            .to_string();
+        assert!(err.contains("no matching"), "{err}");
+        let cfg = r#"{"peft_type":"LORA","r":4}"#;
+        let (_d, a) = adapter(cfg, &[(A, vec![4, 6]), (B, vec![3, 4])]);
+        let other = [BaseTensor {
+            name: "wte.weight",
+            shape: &shape,
+        }];
+        let err = a
+            .expect("open")
+            .updates(&other)
+            .expect_err("missing")
+            .to_string();
+        assert!(err.contains("h.0.attn.c_attn.weight"), "{err}");
+    }
+}
