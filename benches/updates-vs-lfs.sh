@@ -25,7 +25,7 @@ command -v git-lfs >/dev/null || { echo "git-lfs is required" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 1; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/theta-updates.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+[ -n "${KEEP:-}" ] && echo "# keeping $WORK" || trap 'rm -rf "$WORK"' EXIT
 export HOME=$WORK/home GIT_CONFIG_NOSYSTEM=1 PATH="$(dirname "$BIN"):$PATH"
 mkdir -p "$HOME"
 git config --global user.name bench
@@ -37,7 +37,7 @@ git theta install >/dev/null
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 # Bytes in files (directories' own sizes left out: they are file-system overhead).
-size() { find "$1" -type f -printf '%s\n' 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'; }
+size() { find "$1" -type f -printf '%s\n' 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", s }'; }
 mib() { awk -v n="$1" 'BEGIN { printf "%.2f MiB", n / 1048576 }'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f%%", 100 * a / b }'; }
 
@@ -67,6 +67,10 @@ def edit(path, pick, stride):
                 continue
             m[a:b:2 * stride] = m[a:b:2 * stride].translate(FLIP)
         m.flush()
+        m.close()
+    # Writes through a mapping need not update the modification time, which
+    # git's change detection relies on.
+    os.utime(path)
 
 def adapter(path, out, rank):
     os.makedirs(out, exist_ok=True)

@@ -21,17 +21,9 @@ fn example(s: &Sandbox, repo: &Path) -> std::path::PathBuf {
 /// Changes elements `i` of tensor `name` where `pick(i)` (bf16: the low
 /// mantissa bit and `round` flips).
 fn edit(path: &Path, name: &str, round: u8, pick: impl Fn(usize) -> bool) -> usize {
+    let range = common::tensor_range(path, name);
     let mut bytes = std::fs::read(path).expect("read");
-    let file = SafetensorsFile::open(path).expect("open");
-    let e = file
-        .entries()
-        .iter()
-        .find(|e| e.info.name == name)
-        .expect("tensor")
-        .clone();
-    let start = 8 + file.header_bytes().len() + e.begin as usize;
-    let n = (e.end - e.begin) as usize / 2;
-    drop(file);
+    let (start, n) = (range.start, range.len() / 2);
     let mut changed = 0;
     for i in (0..n).filter(|&i| pick(i)) {
         bytes[start + 2 * i] ^= 1 | (round << 1);
