@@ -51,6 +51,14 @@ pub enum Command {
     Mergetool(commands::merge_driver::ToolArgs),
     /// Show the compute device (GPU adapter, limits) commands will use.
     Doctor(commands::doctor::Args),
+    /// Stages files like `git add`, choosing how changed tensors are stored
+    /// (`--update`), or side-loading a PEFT LoRA/IA3 adapter (`--update-data`).
+    Add(commands::update::AddArgs),
+    /// Rewrites update chains in the index as dense snapshots (commit to keep).
+    Compact(commands::update::CompactArgs),
+    /// Writes a checkpoint plus a PEFT LoRA or IA3 adapter, exactly as
+    /// `git theta add --update-data` and checkout compute it.
+    ApplyLora(commands::apply_lora::Args),
     /// Long-running filter process git talks to (plumbing).
     #[command(hide = true)]
     FilterProcess,
@@ -98,6 +106,9 @@ where
         Command::Doctor(args) => commands::doctor::run(&args),
         Command::Mergetool(args) => commands::merge_driver::run_tool(&args),
         Command::MergeDriver(args) => commands::merge_driver::run_driver(&args),
+        Command::Add(args) => commands::update::run_add(&args),
+        Command::Compact(args) => commands::update::run_compact(&args),
+        Command::ApplyLora(args) => commands::apply_lora::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The main job on built-in example data: builds git-theta, writes a small
 # Llama-shaped example model and inspects it, versions it in a git repository
-# (two commits: the model, then a fine-tune of one layer), merges a second
-# fine-tune from another branch with `git merge`, and frankenmerges layers of
-# two models.
+# (the model, a fine-tune of one layer, then a PEFT LoRA adapter side-loaded
+# as a low-rank update), merges a second fine-tune from another branch with
+# `git merge`, and frankenmerges layers of two models.
 # Usage: scripts/demo.sh [DIR]   (default: ./demo)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,10 +36,37 @@ cp "$dir/tuned/model.safetensors" model.safetensors
 git theta status
 git -c user.name=demo -c user.email=demo@example.com commit -q -am "Fine-tune layer 3"
 echo "tensor objects after commit 2: $(lfs_kib) KiB (only layer 3's tensors were added)"
+step "a LoRA update: a rank-8 PEFT adapter on layer 2's q_proj and v_proj, side-loaded"
+# A PEFT adapter folder as `save_pretrained` writes it (python3, no packages).
+python3 - "$dir/lora" <<'PY'
+import json, os, random, struct, sys
+out = sys.argv[1]; os.makedirs(out, exist_ok=True); rng = random.Random(0)
+header, blobs, off = {}, [], 0
+for mod, rows in (("q_proj", 256), ("v_proj", 128)):
+    for key, shape in (("lora_A", [8, 256]), ("lora_B", [rows, 8])):
+        data = struct.pack("<%df" % (shape[0] * shape[1]), *(rng.gauss(0, 0.02) for _ in range(shape[0] * shape[1])))
+        header["base_model.model.model.layers.2.self_attn.%s.%s.weight" % (mod, key)] = {
+            "dtype": "F32", "shape": shape, "data_offsets": [off, off + len(data)]}
+        blobs.append(data); off += len(data)
+h = json.dumps(header).encode(); h += b" " * (-len(h) % 8)
+open(os.path.join(out, "adapter_model.safetensors"), "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+json.dump({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+          open(os.path.join(out, "adapter_config.json"), "w"))
+PY
+before=$(lfs_kib)
+git theta add model.safetensors --update-data "$dir/lora"
+git -c user.name=demo -c user.email=demo@example.com commit -q -m "LoRA on layer 2"
+echo "tensor objects after commit 3: $(lfs_kib) KiB (+$(( $(lfs_kib) - before )) KiB: the adapter's factors, not the merged tensors)"
+echo "tensors stored as low-rank updates: $(git show HEAD:model.safetensors | grep -c '"update":"low-rank"')"
+git status --short
+git theta apply-lora "$dir/tuned/model.safetensors" "$dir/lora" -o "$dir/merged.safetensors"
+echo "apply-lora writes the same bytes as the commit:"
+sha256sum model.safetensors "$dir/merged.safetensors" | sed "s|$dir/||"
+
 step "what git stores for the checkpoint: a manifest (first lines)"
 git show HEAD:model.safetensors | head -n 3 | cut -c1-160
 step "check out the first commit again: byte for byte the original"
-git checkout -q HEAD~1 -- model.safetensors
+git checkout -q HEAD~2 -- model.safetensors
 sha256sum model.safetensors "$dir/base/model.safetensors" | sed "s|$dir/||"
 git checkout -q HEAD -- model.safetensors
 git status --short

@@ -24,6 +24,9 @@ fn assert_clean_status(s: &Sandbox, repo: &Path) {
 fn commits_store_only_changed_chunks_and_checkouts_are_byte_exact() {
     let s = Sandbox::new();
     let repo = s.repo("repo");
+    // Dense snapshots only: this test is about chunk-level deduplication
+    // (tests/updates.rs covers sparse and factored updates).
+    s.git(&repo, &["config", "theta.maxChain", "0"]);
     example(&s, &repo, "m", "1", &[]);
     let model = repo.join("m/model.safetensors");
     s.git(&repo, &["add", "."]);
@@ -303,6 +306,9 @@ fn push_sends_objects_through_git_lfs_and_clone_fetches_only_what_it_needs() {
     }
     s.git(&repo, &["theta", "install", "--local"]);
     s.git(&repo, &["theta", "install", "--local"]);
+    // Dense snapshots: v2 then needs none of v1's norm (tests/updates.rs
+    // covers clones of update chains, which need their base objects).
+    s.git(&repo, &["config", "theta.maxChain", "0"]);
     example(&s, &repo, "m", "1", &[]);
     let model = repo.join("m/model.safetensors");
     s.git(&repo, &["add", "."]);

@@ -7,6 +7,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use anyhow::Context;
 
 use crate::commands::example::parse_size;
+use crate::vcs::choose::Forced;
 use crate::vcs::clean::{self, CleanOptions};
 use crate::vcs::filter::{self, FilterHandler};
 use crate::vcs::git;
@@ -23,15 +24,51 @@ pub struct PathArgs {
     pub path: Option<String>,
 }
 
-/// Clean options from git config (`theta.chunkSize`).
+/// Clean options from git config (`theta.chunkSize`, `theta.maxChain`,
+/// `theta.updateTolerance`) and from `git theta add`'s environment
+/// ([`UPDATE_ENV`]).
 pub fn clean_options() -> anyhow::Result<CleanOptions> {
     let mut options = CleanOptions::default();
     if let Some(s) = git::config_get("theta.chunkSize")? {
         options.chunk_size =
             parse_size(&s).map_err(|e| anyhow::anyhow!("git config theta.chunkSize: {e}"))?;
     }
+    // Previous versions are read from the store to choose updates.
+    options.updates.store = git::lfs_dir().ok().map(Store::new);
+    if let Some(s) = git::config_get("theta.maxChain")? {
+        options.updates.max_chain = s.trim().parse().map_err(|_| {
+            anyhow::anyhow!("git config theta.maxChain: `{s}` is not a whole number")
+        })?;
+    }
+    if let Some(s) = git::config_get("theta.updateTolerance")? {
+        let tol: f64 = s.trim().parse().map_err(|_| {
+            anyhow::anyhow!("git config theta.updateTolerance: `{s}` is not a number")
+        })?;
+        if !(tol >= 0.0 && tol.is_finite()) {
+            anyhow::bail!("git config theta.updateTolerance: `{s}` must be a finite number ≥ 0");
+        }
+        options.updates.tolerance = (tol > 0.0).then_some(tol);
+    }
+    match std::env::var(UPDATE_ENV).ok().as_deref() {
+        None | Some("" | "auto") => {}
+        Some("dense") => options.updates.forced = Some(Forced::Dense),
+        Some("sparse") => options.updates.forced = Some(Forced::Sparse),
+        // Factored kinds come with their data (GIT_THETA_UPDATE_DATA), read
+        // per file against its previous manifest.
+        Some("low-rank" | "ia3") => {}
+        Some(other) => anyhow::bail!(
+            "{UPDATE_ENV}={other}: not an update kind (auto, dense, sparse, low-rank, ia3)"
+        ),
+    }
     Ok(options)
 }
+
+/// The environment variable through which `git theta add --update KIND`
+/// passes its choice to the clean filter that `git add` runs.
+pub const UPDATE_ENV: &str = "GIT_THETA_UPDATE";
+/// The environment variable naming `--update-data` (an adapter folder or
+/// file) for the clean filter.
+pub const UPDATE_DATA_ENV: &str = "GIT_THETA_UPDATE_DATA";
 
 /// `options`, reusing the chunking of the manifest the index holds for
 /// `path`, if any.
@@ -59,11 +96,7 @@ impl ThetaFilter {
     /// The filter for the repository in the current folder.
     pub fn for_current_repo() -> anyhow::Result<ThetaFilter> {
         let store = Store::new(git::lfs_dir().context("git-theta runs inside a git repository")?);
-        let mut options = CleanOptions::default();
-        if let Some(s) = git::config_get("theta.chunkSize")? {
-            options.chunk_size =
-                parse_size(&s).map_err(|e| anyhow::anyhow!("git config theta.chunkSize: {e}"))?;
-        }
+        let options = clean_options()?;
         Ok(ThetaFilter {
             store,
             options,
@@ -79,7 +112,16 @@ impl FilterHandler for ThetaFilter {
         input: &mut dyn Read,
         out: &mut dyn Write,
     ) -> Result<(), String> {
-        let options = options_for(&self.options, path);
+        let mut options = options_for(&self.options, path);
+        if let Some(dir) = std::env::var_os(UPDATE_DATA_ENV) {
+            let adapter = crate::vcs::peft::Adapter::open(std::path::Path::new(&dir))
+                .map_err(|e| format!("{e:#}"))?;
+            options.updates.factored = crate::commands::apply_lora::updates_for(
+                &adapter,
+                options.updates.previous.values(),
+            )
+            .map_err(|e| format!("{e:#}"))?;
+        }
         let summary = match fault_abort_after() {
             Some(n) => {
                 let sink = AbortAfter {

@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod apply_lora;
 pub mod doctor;
 pub mod example;
 pub mod filter;
@@ -9,3 +10,4 @@ pub mod merge;
 pub mod merge_driver;
 pub mod status;
 pub mod track;
+pub mod update;

@@ -7,9 +7,10 @@ use std::io::{self, Cursor, Read, Write};
 use theta_engine::safetensors::header::{self, MAX_HEADER_LEN};
 use theta_engine::{DType, TensorInfo};
 
+use super::choose::{self, UpdateOptions};
 use super::codec;
 use super::manifest::{
-    FileFormat, Head, MAGIC, Manifest, ObjectRef, Stats, TensorEntry, UpdateKind, VERSION,
+    DENSE, FileFormat, Head, MAGIC, Manifest, ObjectRef, Stats, TensorEntry, VERSION, VERSION_DENSE,
 };
 use super::store::{ObjectSink, StoreError, sha256_hex};
 
@@ -26,6 +27,9 @@ pub struct CleanOptions {
     /// chunking, so that cleaning a checked-out file reproduces the stored
     /// manifest whatever this repository's chunk size setting.
     pub previous: HashMap<String, ChunkHint>,
+    /// How changed tensors are stored relative to their previous version
+    /// (see [`choose`]).
+    pub updates: UpdateOptions,
 }
 
 /// A tensor's chunking in a previous manifest.
@@ -54,6 +58,11 @@ impl CleanOptions {
                 (t.name.clone(), hint)
             })
             .collect();
+        self.updates.previous = manifest
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
         self
     }
 }
@@ -80,6 +89,7 @@ impl Default for CleanOptions {
         CleanOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             previous: HashMap::new(),
+            updates: UpdateOptions::default(),
         }
     }
 }
@@ -106,6 +116,14 @@ pub enum CleanError {
     /// Writing the manifest failed.
     #[error("writing the manifest: {0}")]
     Write(io::Error),
+    /// A tensor's previous version could not be rebuilt to compare with.
+    #[error("tensor `{tensor}`: rebuilding its previous version: {message}")]
+    Base {
+        /// The tensor.
+        tensor: String,
+        /// What failed.
+        message: String,
+    },
     /// A safetensors header whose data ends early.
     #[error("the file ends inside tensor `{tensor}`: a truncated safetensors checkpoint")]
     Truncated {
@@ -126,7 +144,7 @@ pub enum CleanError {
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(input: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_full(input: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match input.read(&mut buf[n..]) {
@@ -139,19 +157,23 @@ fn read_full(input: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usi
     Ok(n)
 }
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     sink: &'a dyn ObjectSink,
     summary: CleanSummary,
 }
 
 impl Ctx<'_> {
     /// Encodes and stores one object; returns its reference.
-    fn store(&mut self, tensor: Option<&str>, raw: &[u8]) -> Result<ObjectRef, CleanError> {
+    pub(super) fn store(
+        &mut self,
+        tensor: Option<&str>,
+        raw: &[u8],
+    ) -> Result<ObjectRef, CleanError> {
         self.put_encoded(tensor, encode_and_hash(raw))
     }
 
     /// Stores an encoded object, counting what was new.
-    fn put_encoded(
+    pub(super) fn put_encoded(
         &mut self,
         tensor: Option<&str>,
         (stored, oid): (std::borrow::Cow<'_, [u8]>, String),
@@ -223,20 +245,28 @@ pub fn clean(
     let mut tensors = Vec::with_capacity(parsed.entries.len());
     for entry in &parsed.entries {
         let rows_per = opts.rows_for(&entry.info);
-        tensors.push(clean_tensor(
-            &entry.info,
-            rows_per,
-            input,
-            &mut buf,
-            &mut ctx,
-        )?);
+        let tensor = match opts.updates.base_for(entry, rows_per) {
+            Some(prev) => {
+                choose::clean_against(entry, prev, &opts.updates, input, &mut buf, &mut ctx)?
+            }
+            None => {
+                if opts.updates.forced == Some(choose::Forced::Sparse) {
+                    eprintln!(
+                        "git-theta: `{}` has no previous version to update: stored dense",
+                        entry.info.name
+                    );
+                }
+                clean_tensor(&entry.info, rows_per, input, &mut buf, &mut ctx)?
+            }
+        };
+        tensors.push(tensor);
     }
     let mut probe = [0u8; 1];
     if read_full(input, &mut probe).map_err(CleanError::Read)? != 0 {
         return Err(CleanError::Trailing);
     }
     let data_len = parsed.entries.last().map_or(0, |e| e.end);
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         head: Head {
             git_theta_manifest: VERSION,
             format: FileFormat::Safetensors,
@@ -247,6 +277,7 @@ pub fn clean(
         },
         tensors,
     };
+    manifest.head.git_theta_manifest = manifest.required_version();
     out.write_all(&manifest.to_bytes())
         .map_err(CleanError::Write)?;
     Ok(ctx.summary)
@@ -328,16 +359,17 @@ fn clean_tensor(
         dtype: info.dtype.name().to_owned(),
         shape: info.shape.clone(),
         size: nbytes,
-        update: UpdateKind::Dense,
+        update: DENSE.to_owned(),
         encoding: codec::default_codec().name().to_owned(),
         chunk_rows: rows_per,
         objects,
+        base: vec![],
         stats: stats.finish(),
     })
 }
 
 /// Encodes and hashes a chunk (the part that can run beside statistics).
-fn encode_and_hash(raw: &[u8]) -> (std::borrow::Cow<'_, [u8]>, String) {
+pub(super) fn encode_and_hash(raw: &[u8]) -> (std::borrow::Cow<'_, [u8]>, String) {
     let stored = codec::default_codec().encode(raw);
     let oid = sha256_hex(&stored);
     (stored, oid)
@@ -368,7 +400,7 @@ fn opaque(
     }
     let manifest = Manifest {
         head: Head {
-            git_theta_manifest: VERSION,
+            git_theta_manifest: VERSION_DENSE,
             format: FileFormat::Opaque,
             size,
             header: None,
@@ -387,7 +419,7 @@ fn opaque(
 const STATS_BLOCK: usize = 1 << 16;
 
 /// Running statistics of a tensor.
-struct StatsAcc {
+pub(super) struct StatsAcc {
     dtype: DType,
     enabled: bool,
     min: f32,
@@ -400,7 +432,7 @@ struct StatsAcc {
 }
 
 impl StatsAcc {
-    fn new(dtype: DType) -> StatsAcc {
+    pub(super) fn new(dtype: DType) -> StatsAcc {
         StatsAcc {
             dtype,
             enabled: matches!(dtype, DType::F64 | DType::F32 | DType::F16 | DType::BF16),
@@ -414,7 +446,7 @@ impl StatsAcc {
         }
     }
 
-    fn add(&mut self, tensor: &str, bytes: &[u8]) {
+    pub(super) fn add(&mut self, tensor: &str, bytes: &[u8]) {
         if !self.enabled {
             return;
         }
@@ -444,7 +476,7 @@ impl StatsAcc {
         }
     }
 
-    fn finish(self) -> Option<Stats> {
+    pub(super) fn finish(self) -> Option<Stats> {
         if !self.enabled || self.finite == 0 {
             return None;
         }

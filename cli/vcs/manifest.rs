@@ -9,8 +9,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The newest version this build reads and writes. Writers use the lowest
+/// version that can express a manifest ([`Manifest::required_version`]):
+/// a manifest of dense tensors only is version 1, byte for byte what earlier
+/// builds wrote, so upgrading git-theta leaves `git status` clean; one with
+/// update chains (`base`) is version 2, which version-1 readers refuse with a
+/// clear message rather than misread.
+pub const VERSION: u32 = 2;
+
+/// The version of manifests that hold dense tensors only.
+pub const VERSION_DENSE: u32 = 1;
 
 /// The bytes every manifest begins with. A safetensors file cannot begin
 /// with them (they would claim a header of more than 100 MB).
@@ -61,12 +69,19 @@ pub struct Head {
     pub tensors: u64,
 }
 
-/// How a tensor's bytes are obtained from its objects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpdateKind {
-    /// The objects are the tensor's bytes, in row order.
-    Dense,
+/// The update kind of a dense step: its objects are the tensor's bytes.
+/// Other kinds are registered in [`super::update`].
+pub const DENSE: &str = "dense";
+
+/// An earlier step of a tensor's update chain: an update kind (a
+/// [`super::update`] name) and its objects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// The update kind.
+    pub update: String,
+    /// Its objects.
+    pub objects: Vec<ObjectRef>,
 }
 
 /// Summary statistics of a floating-point tensor, over its finite elements.
@@ -97,8 +112,9 @@ pub struct TensorEntry {
     pub shape: Vec<u64>,
     /// Size of the tensor's bytes.
     pub size: u64,
-    /// How the objects make the tensor.
-    pub update: UpdateKind,
+    /// How the objects make the tensor from the chain in `base`: a
+    /// [`super::update`] name (`dense`, `sparse`, `low-rank`, `ia3`).
+    pub update: String,
     /// How each object is encoded (a [`super::codec`] name).
     pub encoding: String,
     /// Rows (first dimension) per object when the tensor is split in
@@ -107,6 +123,12 @@ pub struct TensorEntry {
     pub chunk_rows: Option<u64>,
     /// The objects, in order.
     pub objects: Vec<ObjectRef>,
+    /// The steps this entry's update applies to, oldest first: the first is
+    /// dense, each later one applies to the bytes the earlier ones make.
+    /// Empty for a dense entry. They name objects, not commits, so rebase,
+    /// amend and squash keep every chain readable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base: Vec<Step>,
     /// Summary statistics (floating-point tensors with finite elements).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
@@ -121,6 +143,20 @@ impl TensorEntry {
             && self.update == other.update
             && self.encoding == other.encoding
             && self.objects == other.objects
+            && self.base == other.base
+    }
+
+    /// The whole chain, oldest first: the base steps, then this entry's own.
+    pub fn steps(&self) -> impl Iterator<Item = (&str, &[ObjectRef])> {
+        self.base
+            .iter()
+            .map(|s| (s.update.as_str(), &s.objects[..]))
+            .chain(std::iter::once((self.update.as_str(), &self.objects[..])))
+    }
+
+    /// Updates on top of the dense base (0 for a dense entry).
+    pub fn chain_len(&self) -> usize {
+        self.base.len()
     }
 }
 
@@ -163,12 +199,32 @@ pub fn looks_like_manifest(bytes: &[u8]) -> bool {
 }
 
 impl Manifest {
+    /// The lowest format version that expresses this manifest: 1 when every
+    /// tensor is dense, else 2.
+    pub fn required_version(&self) -> u32 {
+        if self
+            .tensors
+            .iter()
+            .all(|t| t.update == DENSE && t.base.is_empty())
+        {
+            VERSION_DENSE
+        } else {
+            VERSION
+        }
+    }
+
     /// The manifest's bytes: one JSON object per line, each ending in `\n`.
+    /// The first line carries [`Manifest::required_version`], whatever
+    /// `head.git_theta_manifest` says.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 * (1 + self.tensors.len()));
+        let head = Head {
+            git_theta_manifest: self.required_version(),
+            ..self.head.clone()
+        };
         // Serializing these plain structs cannot fail; non-finite floats
         // never reach here (statistics cover finite elements only).
-        let _ = serde_json::to_writer(&mut out, &self.head);
+        let _ = serde_json::to_writer(&mut out, &head);
         out.push(b'\n');
         for t in &self.tensors {
             let _ = serde_json::to_writer(&mut out, t);
@@ -203,13 +259,27 @@ impl Manifest {
         let version: VersionOnly = serde_json::from_slice::<serde_json::Value>(first)
             .and_then(serde_json::from_value)
             .map_err(|e| bad(0, &e))?;
-        if version.git_theta_manifest != VERSION {
+        if !(VERSION_DENSE..=VERSION).contains(&version.git_theta_manifest) {
             return Err(ManifestError::Version(version.git_theta_manifest));
         }
         let head: Head = serde_json::from_slice(first).map_err(|e| bad(0, &e))?;
         let mut tensors = Vec::new();
         for (i, line) in lines {
             tensors.push(serde_json::from_slice::<TensorEntry>(line).map_err(|e| bad(i, &e))?);
+        }
+        if head.git_theta_manifest < VERSION {
+            if let Some(t) = tensors
+                .iter()
+                .find(|t| t.update != DENSE || !t.base.is_empty())
+            {
+                return Err(bad(
+                    0,
+                    &format!(
+                        "version {} manifests hold dense tensors only, but `{}` is `{}`",
+                        head.git_theta_manifest, t.name, t.update
+                    ),
+                ));
+            }
         }
         if tensors.len() as u64 != head.tensors {
             return Err(bad(
@@ -235,11 +305,11 @@ impl Manifest {
             .iter()
             .chain(&self.head.objects)
             .map(|o| (None, o))
-            .chain(
-                self.tensors
-                    .iter()
-                    .flat_map(|t| t.objects.iter().map(move |o| (Some(t.name.as_str()), o))),
-            );
+            .chain(self.tensors.iter().flat_map(|t| {
+                t.steps()
+                    .flat_map(|(_, objects)| objects)
+                    .map(move |o| (Some(t.name.as_str()), o))
+            }));
         for (t, o) in all {
             if seen.insert(&o.oid) {
                 out.push((t, o));
@@ -253,10 +323,38 @@ impl Manifest {
 mod tests {
     use super::*;
 
+    #[test]
+    fn chains_need_version_2_and_list_base_objects() {
+        let mut m = sample();
+        let dense = m.to_bytes();
+        assert!(dense.starts_with(b"{\"git_theta_manifest\":1,"));
+        let t = &mut m.tensors[0];
+        t.base = vec![Step {
+            update: DENSE.into(),
+            objects: std::mem::take(&mut t.objects),
+        }];
+        t.update = "sparse".into();
+        t.objects = vec![ObjectRef {
+            oid: "c".repeat(64),
+            size: 20,
+        }];
+        let bytes = m.to_bytes();
+        assert!(bytes.starts_with(b"{\"git_theta_manifest\":2,"));
+        let back = Manifest::parse(&bytes).expect("parse");
+        assert_eq!(back.to_bytes(), bytes);
+        let oids: Vec<_> = back.objects().iter().map(|(_, o)| o.oid.clone()).collect();
+        assert!(oids.contains(&"b".repeat(64)), "base object listed");
+        assert!(oids.contains(&"c".repeat(64)));
+        // A version-1 first line cannot carry a chain.
+        let text = String::from_utf8(bytes).expect("utf-8");
+        let v1 = text.replacen("\"git_theta_manifest\":2", "\"git_theta_manifest\":1", 1);
+        assert!(Manifest::parse(v1.as_bytes()).is_err());
+    }
+
     fn sample() -> Manifest {
         Manifest {
             head: Head {
-                git_theta_manifest: VERSION,
+                git_theta_manifest: VERSION_DENSE,
                 format: FileFormat::Safetensors,
                 size: 1234,
                 header: Some(ObjectRef {
@@ -271,13 +369,14 @@ mod tests {
                 dtype: "BF16".into(),
                 shape: vec![2, 3],
                 size: 12,
-                update: UpdateKind::Dense,
+                update: DENSE.into(),
                 encoding: "raw".into(),
                 chunk_rows: None,
                 objects: vec![ObjectRef {
                     oid: "b".repeat(64),
                     size: 12,
                 }],
+                base: vec![],
                 stats: Some(Stats {
                     min: -1.5,
                     max: 2.0,
@@ -302,10 +401,10 @@ mod tests {
 
     #[test]
     fn rejects_newer_versions_and_garbage() {
-        let newer = b"{\"git_theta_manifest\":2,\"whatever\":true}\n";
+        let newer = b"{\"git_theta_manifest\":3,\"whatever\":true}\n";
         assert!(matches!(
             Manifest::parse(newer),
-            Err(ManifestError::Version(2))
+            Err(ManifestError::Version(3))
         ));
         assert!(matches!(
             Manifest::parse(b"\x10\0\0\0\0\0\0\0{}"),

@@ -7,8 +7,9 @@ use std::io::{self, Read, Write};
 use theta_engine::safetensors::header;
 
 use super::codec;
-use super::manifest::{FileFormat, Manifest, ManifestError, ObjectRef, TensorEntry};
+use super::manifest::{DENSE, FileFormat, Manifest, ManifestError, ObjectRef, TensorEntry};
 use super::store::{Store, StoreError};
+use super::update;
 
 /// Why a checkpoint could not be rebuilt.
 #[derive(Debug, thiserror::Error)]
@@ -205,12 +206,14 @@ pub fn write_checkpoint(
     out.flush().map_err(SmudgeError::Write)
 }
 
-/// The tensor bytes each object of `t` must decode to.
+/// The tensor bytes each chunk of `t` (each object of its dense base) must
+/// decode to.
 pub fn raw_lengths(t: &TensorEntry) -> Result<Vec<u64>, SmudgeError> {
     let bad = |m: &str| SmudgeError::Inconsistent(format!("tensor `{}`: {m}", t.name));
+    let objects = t.base.first().map_or(&t.objects, |s| &s.objects);
     match t.chunk_rows {
-        None if t.size == 0 && t.objects.is_empty() => Ok(vec![]),
-        None if t.objects.len() == 1 => Ok(vec![t.size]),
+        None if t.size == 0 && objects.is_empty() => Ok(vec![]),
+        None if objects.len() == 1 => Ok(vec![t.size]),
         None => Err(bad("several objects without chunk_rows")),
         Some(per) => {
             let rows = *t.shape.first().ok_or_else(|| bad("chunked scalar"))?;
@@ -218,7 +221,7 @@ pub fn raw_lengths(t: &TensorEntry) -> Result<Vec<u64>, SmudgeError> {
                 return Err(bad("bad chunking"));
             }
             let row_bytes = t.size / rows;
-            if rows.div_ceil(per) != t.objects.len() as u64 {
+            if rows.div_ceil(per) != objects.len() as u64 {
                 return Err(bad("object count does not match chunk_rows"));
             }
             let mut out = Vec::with_capacity(t.objects.len());
@@ -236,34 +239,155 @@ pub fn raw_lengths(t: &TensorEntry) -> Result<Vec<u64>, SmudgeError> {
 /// Writes the bytes of tensor `t`, rebuilt from its objects in `store`, to
 /// `out`; returns how many were written. This is the one place a tensor entry
 /// becomes bytes: merge, diff and update chains read tensors through it (or
-/// [`read_tensor`]).
+/// [`read_tensor`]). A chain (`base`) is applied one chunk of rows at a time:
+/// the dense base's chunk, then each later step's update.
 pub fn write_tensor(
     t: &TensorEntry,
     store: &Store,
     out: &mut (impl Write + ?Sized),
 ) -> Result<u64, SmudgeError> {
-    let codec = codec::by_name(&t.encoding).ok_or_else(|| SmudgeError::Decode {
-        tensor: Some(t.name.clone()),
-        oid: t.objects.first().map(|o| o.oid.clone()).unwrap_or_default(),
-        message: format!(
-            "unknown encoding `{}` (written by a newer git-theta?)",
-            t.encoding
-        ),
-    })?;
+    let mut chain = Chain::new(t, store)?;
     let mut n = 0;
-    for (o, raw_len) in t.objects.iter().zip(raw_lengths(t)?) {
-        let stored = get(store, Some(&t.name), o)?;
-        let raw = codec
-            .decode(&stored, raw_len)
-            .map_err(|message| SmudgeError::Decode {
-                tensor: Some(t.name.clone()),
-                oid: o.oid.clone(),
-                message,
-            })?;
+    for i in 0..chain.lengths.len() {
+        let raw = chain.chunk(i)?;
         out.write_all(&raw).map_err(SmudgeError::Write)?;
         n += raw.len() as u64;
     }
     Ok(n)
+}
+
+/// Rebuilds a tensor's chunks through its update chain, keeping the objects
+/// that every chunk reads (low-rank factors, scale vectors) once loaded.
+pub struct Chain<'a> {
+    t: &'a TensorEntry,
+    store: &'a Store,
+    codec: &'static dyn codec::Codec,
+    /// Each chunk's length in bytes.
+    pub lengths: Vec<u64>,
+    dtype: Option<theta_engine::DType>,
+    shared: Vec<Option<Vec<Vec<u8>>>>,
+}
+
+impl<'a> Chain<'a> {
+    /// Checks `t`'s chain (known kinds, a dense first step, object counts).
+    pub fn new(t: &'a TensorEntry, store: &'a Store) -> Result<Chain<'a>, SmudgeError> {
+        let decode_err = |message: String| SmudgeError::Decode {
+            tensor: Some(t.name.clone()),
+            oid: t.objects.first().map(|o| o.oid.clone()).unwrap_or_default(),
+            message,
+        };
+        let codec = codec::by_name(&t.encoding).ok_or_else(|| {
+            decode_err(format!(
+                "unknown encoding `{}` (written by a newer git-theta?)",
+                t.encoding
+            ))
+        })?;
+        let lengths = raw_lengths(t)?;
+        let bad = |m: String| SmudgeError::Inconsistent(format!("tensor `{}`: {m}", t.name));
+        let mut dtype = None;
+        for (k, (kind, objects)) in t.steps().enumerate() {
+            let u = update::by_name(kind).ok_or_else(|| {
+                decode_err(format!(
+                    "unknown update kind `{kind}` (written by a newer git-theta?)"
+                ))
+            })?;
+            if k == 0 && kind != DENSE {
+                return Err(bad(format!(
+                    "its chain begins with `{kind}`, not a dense step"
+                )));
+            }
+            if u.per_chunk() && objects.len() != lengths.len() {
+                return Err(bad(format!(
+                    "a `{kind}` step has {} objects for {} chunks",
+                    objects.len(),
+                    lengths.len()
+                )));
+            }
+            if k > 0 && dtype.is_none() {
+                dtype =
+                    Some(t.dtype.parse().map_err(|_| {
+                        bad(format!("an update chain on unknown dtype `{}`", t.dtype))
+                    })?);
+            }
+        }
+        let steps = t.base.len() + 1;
+        Ok(Chain {
+            t,
+            store,
+            codec,
+            lengths,
+            dtype,
+            shared: vec![None; steps],
+        })
+    }
+
+    fn decode(&self, o: &ObjectRef, raw_len: Option<u64>) -> Result<Vec<u8>, SmudgeError> {
+        let stored = get(self.store, Some(&self.t.name), o)?;
+        let len = raw_len.unwrap_or(stored.len() as u64);
+        let raw = self
+            .codec
+            .decode(&stored, len)
+            .map_err(|message| SmudgeError::Decode {
+                tensor: Some(self.t.name.clone()),
+                oid: o.oid.clone(),
+                message,
+            })?;
+        Ok(raw.into_owned())
+    }
+
+    /// The bytes of chunk `i`.
+    pub fn chunk(&mut self, i: usize) -> Result<Vec<u8>, SmudgeError> {
+        let t = self.t;
+        let raw_len = self.lengths[i];
+        let steps: Vec<(&str, &[ObjectRef])> = t.steps().collect();
+        let mut dense = self.decode(&steps[0].1[i], Some(raw_len))?;
+        let Some(dtype) = self.dtype else {
+            return Ok(dense);
+        };
+        let target = update::Target {
+            name: &t.name,
+            dtype,
+            shape: &t.shape,
+        };
+        let row0 = t.chunk_rows.unwrap_or(0) * i as u64;
+        for (k, (kind, objects)) in steps.iter().enumerate().skip(1) {
+            let u = update::by_name(kind).ok_or_else(|| {
+                SmudgeError::Inconsistent(format!("unknown update kind `{kind}`"))
+            })?;
+            let fail = |o: &ObjectRef, message: String| SmudgeError::Decode {
+                tensor: Some(t.name.clone()),
+                oid: o.oid.clone(),
+                message: format!("{kind} update: {message}"),
+            };
+            if u.per_chunk() {
+                let o = &objects[i];
+                // A per-chunk object may be shorter than the chunk (a list).
+                let payload = self.decode(o, None)?;
+                u.apply(&target, row0, &[&payload], &mut dense)
+                    .map_err(|m| fail(o, m))?;
+            } else {
+                if self.shared[k].is_none() {
+                    let loaded = objects
+                        .iter()
+                        .map(|o| self.decode(o, None))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.shared[k] = Some(loaded);
+                }
+                let payload: Vec<&[u8]> = self.shared[k]
+                    .as_ref()
+                    .map(|v| v.iter().map(Vec::as_slice).collect())
+                    .unwrap_or_default();
+                u.apply(&target, row0, &payload, &mut dense).map_err(|m| {
+                    let first = objects.first().cloned().unwrap_or(ObjectRef {
+                        oid: String::new(),
+                        size: 0,
+                    });
+                    fail(&first, m)
+                })?;
+            }
+        }
+        Ok(dense)
+    }
 }
 
 /// The bytes of tensor `t`, rebuilt from its objects in `store`.

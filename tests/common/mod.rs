@@ -148,3 +148,15 @@ pub fn poke_tensor(path: &Path, name: &str) {
     }
     std::fs::write(path, bytes).expect("write");
 }
+
+/// The byte range of tensor `name`'s data in the safetensors file `path`.
+pub fn tensor_range(path: &Path, name: &str) -> std::ops::Range<usize> {
+    let file = theta_engine::safetensors::SafetensorsFile::open(path).expect("open");
+    let e = file
+        .entries()
+        .iter()
+        .find(|e| e.info.name == name)
+        .expect("tensor");
+    let start = 8 + file.header_bytes().len();
+    start + e.begin as usize..start + e.end as usize
+}
