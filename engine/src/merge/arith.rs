@@ -605,20 +605,27 @@ fn model_stock_lanes(
         .collect::<std::result::Result<_, ComputeError>>()?;
     let n = xs.len();
     let mut out = b.clone();
-    let delta = |i: usize, k: usize| f64::from(vs[i][k] - b[k]);
+    // f32 throughout, as mergekit: short rows make t sensitive to rounding.
+    let delta = |i: usize, k: usize| vs[i][k] - b[k];
     Lanes::along(job.shape, job.shape.len().saturating_sub(1)).for_each(|idx| {
-        let norms: Vec<f64> = (0..n)
-            .map(|i| idx.iter().map(|&k| delta(i, k).powi(2)).sum::<f64>().sqrt())
+        let norms: Vec<f32> = (0..n)
+            .map(|i| idx.iter().map(|&k| delta(i, k).powi(2)).sum::<f32>().sqrt())
             .collect();
-        let (mut sum, mut pairs) = (0.0, 0usize);
+        let (mut sum, mut pairs) = (0f32, 0usize);
         for i in 0..n {
             for j in i + 1..n {
-                let dot: f64 = idx.iter().map(|&k| delta(i, k) * delta(j, k)).sum();
+                let dot: f32 = idx.iter().map(|&k| delta(i, k) * delta(j, k)).sum();
                 sum += (dot / (norms[i] * norms[j]).max(1e-6)).clamp(-1.0, 1.0);
                 pairs += 1;
             }
         }
-        let t = stock_ratio(n, sum / pairs as f64) as f32;
+        let cos = sum / pairs as f32;
+        let den = 1.0 + (n as f32 - 1.0) * cos;
+        let t = if den.abs() < 1e-6 {
+            0.0
+        } else {
+            n as f32 * cos / den
+        };
         for &k in idx {
             let avg = vs.iter().map(|v| v[k]).sum::<f32>() / n as f32;
             out[k] = t * avg + (1.0 - t) * b[k];
