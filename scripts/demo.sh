@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on built-in example data: builds git-theta, writes a small
 # Llama-shaped example model and inspects it, versions it in a git repository
-# (two commits: the model, then a fine-tune of one layer), and frankenmerges
-# layers of two models.
+# (two commits: the model, then a fine-tune of one layer), frankenmerges
+# layers of two models and TIES-merges two fine-tunes onto the base.
 # Usage: scripts/demo.sh [DIR]   (default: ./demo)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -57,3 +57,8 @@ merge_method: passthrough
 YAML
 git theta merge franken.yml franken
 git theta inspect franken | tail -n 4
+
+step "git theta merge: TIES of two fine-tunes onto the base (short form)"
+git theta example "$dir/tuned2" --seed 0 --tune layers.3. --tune-seed 2
+git theta merge --method ties --base base tuned:0.6 tuned2:0.4 --density 0.5 -o ties
+git theta inspect ties | tail -n 4
