@@ -124,24 +124,21 @@ fn dare_keeps_its_share_rescales_to_l1_and_is_deterministic() {
         for (rescale, seed) in [("false", "1"), ("true", "2")] {
             let out = tmp.path().join(format!("dare-{rescale}-{device}"));
             let rp = format!("rescale={rescale}");
-            merge(
-                &[
-                    "--method",
-                    "dare_linear",
-                    "--base",
-                    "models/base",
-                    "models/a:1",
-                    "--density",
-                    "0.3",
-                    "--param",
-                    &rp,
-                    "--seed",
-                    seed,
-                    "-o",
-                ],
-                &out,
-                device,
-            );
+            let args = [
+                "--method",
+                "dare_linear",
+                "--base",
+                "models/base",
+                "models/a:1",
+                "--density",
+                "0.3",
+                "--param",
+                &rp,
+                "--seed",
+                seed,
+                "-o",
+            ];
+            merge(&args, &out, device);
             let got = read(&out, "", W);
             let kept: Vec<f32> = got.iter().zip(&base).map(|(x, b)| x - b).collect();
             let nonzero = delta.iter().filter(|d| **d != 0.0).count();
@@ -163,24 +160,7 @@ fn dare_keeps_its_share_rescales_to_l1_and_is_deterministic() {
             }
             // Same seed and device: the same bytes.
             let again = tmp.path().join(format!("dare-{rescale}-{device}-again"));
-            merge(
-                &[
-                    "--method",
-                    "dare_linear",
-                    "--base",
-                    "models/base",
-                    "models/a:1",
-                    "--density",
-                    "0.3",
-                    "--param",
-                    &rp,
-                    "--seed",
-                    seed,
-                    "-o",
-                ],
-                &again,
-                device,
-            );
+            merge(&args, &again, device);
             let bytes = |d: &Path| std::fs::read(d.join("model.safetensors")).expect("read");
             assert_eq!(bytes(&out), bytes(&again), "deterministic");
         }

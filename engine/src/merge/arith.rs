@@ -29,8 +29,11 @@ pub struct DeviceMerge {
     compute: MethodFn,
 }
 
+/// A merged tensor's bytes, or what went wrong.
+type Out = std::result::Result<Vec<u8>, ComputeError>;
+
 /// One method's arithmetic: the merged tensor in `job.out_dtype`.
-type MethodFn = fn(&DeviceMerge, &Job<'_>) -> std::result::Result<Vec<u8>, ComputeError>;
+type MethodFn = fn(&DeviceMerge, &Job<'_>) -> Out;
 
 /// Every method with arithmetic, by name (passthrough is [`super::Passthrough`]).
 const ARITHMETIC: &[(&str, MethodFn)] = &[
@@ -122,7 +125,7 @@ impl Job<'_> {
         }
     }
 
-    fn encode(&self, xs: &[f32]) -> std::result::Result<Vec<u8>, ComputeError> {
+    fn encode(&self, xs: &[f32]) -> Out {
         let mut out = self.out();
         crate::convert::from_f32(self.name, xs, &mut out, self.out_dtype)
             .map_err(|e| self.invalid(e.to_string()))?;
@@ -191,37 +194,65 @@ fn strip_tensor(e: &ComputeError, name: &str) -> String {
         .map_or(s.clone(), str::to_owned)
 }
 
-fn passthrough(_: &DeviceMerge, job: &Job<'_>) -> std::result::Result<Vec<u8>, ComputeError> {
-    Err(job.invalid("passthrough is not device arithmetic"))
-}
-
-/// mergekit's `linear`: Σ wᵢxᵢ (over Σ wᵢ when `normalize`).
-fn linear(m: &DeviceMerge, job: &Job<'_>) -> std::result::Result<Vec<u8>, ComputeError> {
-    let terms: Vec<Term<'_>> = job
-        .inputs
+/// The plain weighted pass: `base + λ·combine(wᵢ(xᵢ − base))`, or
+/// `λ·combine(wᵢxᵢ)` without a base, nothing trimmed, into `out_dtype`.
+fn weighted(
+    device: &Device,
+    tensor: &str,
+    terms: &[(Input<'_>, f32)],
+    base: Option<Input<'_>>,
+    combine: Combine,
+    lambda: f32,
+    out_dtype: DType,
+) -> Out {
+    let terms: Vec<Term<'_>> = terms
         .iter()
-        .enumerate()
-        .map(|(i, x)| Term {
-            input: *x,
-            weight: job.per(i, "weight", 1.0) as f32,
+        .map(|&(input, weight)| Term {
+            input,
+            weight,
             density: 1.0,
         })
         .collect();
     let spec = MergeSpec {
-        tensor: job.name,
+        tensor,
         terms: &terms,
-        base: None,
+        base,
         sparsify: Sparsify::None,
-        combine: if job.flag("normalize") {
-            Combine::LinearMean
-        } else {
-            Combine::Linear
-        },
-        lambda: 1.0,
+        combine,
+        lambda,
     };
-    let mut out = job.out();
-    m.device.merge(&spec, &mut out, job.out_dtype)?;
+    let n = terms.first().map_or(0, |t| t.input.len());
+    let mut out = vec![0u8; n * out_dtype.size()];
+    device.merge(&spec, &mut out, out_dtype)?;
     Ok(out)
+}
+
+fn passthrough(_: &DeviceMerge, job: &Job<'_>) -> Out {
+    Err(job.invalid("passthrough is not device arithmetic"))
+}
+
+/// mergekit's `linear`: Σ wᵢxᵢ (over Σ wᵢ when `normalize`).
+fn linear(m: &DeviceMerge, job: &Job<'_>) -> Out {
+    let terms: Vec<(Input<'_>, f32)> = job
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (*x, job.per(i, "weight", 1.0) as f32))
+        .collect();
+    let combine = if job.flag("normalize") {
+        Combine::LinearMean
+    } else {
+        Combine::Linear
+    };
+    weighted(
+        &m.device,
+        job.name,
+        &terms,
+        None,
+        combine,
+        1.0,
+        job.out_dtype,
+    )
 }
 
 /// mergekit's generalized task arithmetic: task_arithmetic, ties, dare_*,
@@ -229,27 +260,22 @@ fn linear(m: &DeviceMerge, job: &Job<'_>) -> std::result::Result<Vec<u8>, Comput
 /// (optionally rescaled to its L1 norm), weighted, combined with or without
 /// sign consensus, optionally divided by the weights, scaled by λ and added
 /// to the base.
-fn task_arithmetic(m: &DeviceMerge, job: &Job<'_>) -> std::result::Result<Vec<u8>, ComputeError> {
+fn task_arithmetic(m: &DeviceMerge, job: &Job<'_>) -> Out {
     let base = job
         .base()
         .ok_or_else(|| job.invalid("this method needs a base model"))?;
     let others: Vec<(usize, Input<'_>)> = job.non_base().collect();
     if others.is_empty() {
-        let mut out = job.out();
-        let spec = MergeSpec {
-            tensor: job.name,
-            terms: &[Term {
-                input: base,
-                weight: 1.0,
-                density: 1.0,
-            }],
-            base: None,
-            sparsify: Sparsify::None,
-            combine: Combine::Linear,
-            lambda: 1.0,
-        };
-        m.device.merge(&spec, &mut out, job.out_dtype)?;
-        return Ok(out);
+        let only = [(base, 1.0)];
+        return weighted(
+            &m.device,
+            job.name,
+            &only,
+            None,
+            Combine::Linear,
+            1.0,
+            job.out_dtype,
+        );
     }
     let name = m.method.name;
     let consensus = matches!(name, "ties" | "dare_ties" | "breadcrumbs_ties" | "della");
@@ -319,7 +345,7 @@ fn della(
     combine: Combine,
     rescale: Rescale,
     lambda: f32,
-) -> std::result::Result<Vec<u8>, ComputeError> {
+) -> Out {
     let b = job.decode(base)?;
     let seed = m.seed;
     let name_hash = ops::name_hash(job.name);
@@ -366,53 +392,34 @@ fn della(
         }
         thinned.push(d);
     }
-    let thinned_terms: Vec<Term<'_>> = thinned
+    let thinned_terms: Vec<(Input<'_>, f32)> = thinned
         .iter()
         .zip(terms)
-        .map(|(d, t)| Term {
-            input: Input::f32(d),
-            weight: t.weight,
-            density: 1.0,
-        })
+        .map(|(d, t)| (Input::f32(d), t.weight))
         .collect();
-    let spec = MergeSpec {
-        tensor: job.name,
-        terms: &thinned_terms,
-        base: None,
-        sparsify: Sparsify::None,
+    let mixed = weighted(
+        &m.device,
+        job.name,
+        &thinned_terms,
+        None,
         combine,
         lambda,
-    };
-    let mut mixed = vec![0f32; job.n()];
-    m.device
-        .merge(&spec, bytemuck::cast_slice_mut(&mut mixed), DType::F32)?;
-    let add = [
-        Term {
-            input: Input::f32(&b),
-            weight: 1.0,
-            density: 1.0,
-        },
-        Term {
-            input: Input::f32(&mixed),
-            weight: 1.0,
-            density: 1.0,
-        },
-    ];
-    let spec = MergeSpec {
-        tensor: job.name,
-        terms: &add,
-        base: None,
-        sparsify: Sparsify::None,
-        combine: Combine::Linear,
-        lambda: 1.0,
-    };
-    let mut out = job.out();
-    m.device.merge(&spec, &mut out, job.out_dtype)?;
-    Ok(out)
+        DType::F32,
+    )?;
+    let add = [(Input::f32(&b), 1.0), (Input::new(DType::F32, &mixed), 1.0)];
+    weighted(
+        &m.device,
+        job.name,
+        &add,
+        None,
+        Combine::Linear,
+        1.0,
+        job.out_dtype,
+    )
 }
 
 /// mergekit's `slerp` from the base (t = 0) to the other model (t = 1).
-fn slerp(m: &DeviceMerge, job: &Job<'_>) -> std::result::Result<Vec<u8>, ComputeError> {
+fn slerp(m: &DeviceMerge, job: &Job<'_>) -> Out {
     let base = job
         .base()
         .ok_or_else(|| job.invalid("slerp needs a base model"))?;
@@ -447,7 +454,7 @@ fn nuslerp_coefficients(t: f64, n0: f64, n1: f64, dot: f64) -> (f32, f32) {
 
 /// mergekit's `nuslerp`: spherical interpolation of two models (or of their
 /// task vectors when there is a base) at t = w₁ / (w₀ + w₁).
-fn nuslerp(m: &DeviceMerge, job: &Job<'_>) -> std::result::Result<Vec<u8>, ComputeError> {
+fn nuslerp(m: &DeviceMerge, job: &Job<'_>) -> Out {
     let others: Vec<(usize, Input<'_>)> = job.non_base().collect();
     let [(i0, x0), (i1, x1)] = others[..] else {
         return Err(job.invalid("nuslerp takes exactly two models besides the base"));
@@ -472,29 +479,16 @@ fn nuslerp(m: &DeviceMerge, job: &Job<'_>) -> std::result::Result<Vec<u8>, Compu
         None => m.device.diff_stats(job.name, x0, x1)?,
     };
     let (c0, c1) = nuslerp_coefficients(t, s.norm_old, s.norm_new, s.dot);
-    let terms = [
-        Term {
-            input: x0,
-            weight: c0,
-            density: 1.0,
-        },
-        Term {
-            input: x1,
-            weight: c1,
-            density: 1.0,
-        },
-    ];
-    let spec = MergeSpec {
-        tensor: job.name,
-        terms: &terms,
+    let terms = [(x0, c0), (x1, c1)];
+    weighted(
+        &m.device,
+        job.name,
+        &terms,
         base,
-        sparsify: Sparsify::None,
-        combine: Combine::Linear,
-        lambda: 1.0,
-    };
-    let mut out = job.out();
-    m.device.merge(&spec, &mut out, job.out_dtype)?;
-    Ok(out)
+        Combine::Linear,
+        1.0,
+        job.out_dtype,
+    )
 }
 
 /// nuslerp with `nuslerp_flatten: false`: one interpolation per vector
@@ -506,7 +500,7 @@ fn nuslerp_lanes(
     x1: Input<'_>,
     base: Option<Input<'_>>,
     axis: usize,
-) -> std::result::Result<Vec<u8>, ComputeError> {
+) -> Out {
     let b = base.map(|b| job.decode(b)).transpose()?;
     let mut v0 = job.decode(x0)?;
     let mut v1 = job.decode(x1)?;
@@ -543,7 +537,7 @@ fn stock_ratio(n: usize, mean_cos: f64) -> f64 {
 }
 
 /// mergekit's `model_stock`: t·mean(models) + (1−t)·base.
-fn model_stock(m: &DeviceMerge, job: &Job<'_>) -> std::result::Result<Vec<u8>, ComputeError> {
+fn model_stock(m: &DeviceMerge, job: &Job<'_>) -> Out {
     let base = job
         .base()
         .ok_or_else(|| job.invalid("model_stock needs a base model"))?;
@@ -565,39 +559,22 @@ fn model_stock(m: &DeviceMerge, job: &Job<'_>) -> std::result::Result<Vec<u8>, C
         }
     }
     let t = stock_ratio(n, sum / pairs as f64);
-    let mut terms: Vec<Term<'_>> = xs
-        .iter()
-        .map(|x| Term {
-            input: *x,
-            weight: (t / n as f64) as f32,
-            density: 1.0,
-        })
-        .collect();
-    terms.push(Term {
-        input: base,
-        weight: (1.0 - t) as f32,
-        density: 1.0,
-    });
-    let spec = MergeSpec {
-        tensor: job.name,
-        terms: &terms,
-        base: None,
-        sparsify: Sparsify::None,
-        combine: Combine::Linear,
-        lambda: 1.0,
-    };
-    let mut out = job.out();
-    m.device.merge(&spec, &mut out, job.out_dtype)?;
-    Ok(out)
+    let mut terms: Vec<(Input<'_>, f32)> = xs.iter().map(|x| (*x, (t / n as f64) as f32)).collect();
+    terms.push((base, (1.0 - t) as f32));
+    weighted(
+        &m.device,
+        job.name,
+        &terms,
+        None,
+        Combine::Linear,
+        1.0,
+        job.out_dtype,
+    )
 }
 
 /// model_stock with `filter_wise: true`: one ratio per vector along the last
 /// axis (a 1-D tensor is one vector).
-fn model_stock_lanes(
-    job: &Job<'_>,
-    base: Input<'_>,
-    xs: &[Input<'_>],
-) -> std::result::Result<Vec<u8>, ComputeError> {
+fn model_stock_lanes(job: &Job<'_>, base: Input<'_>, xs: &[Input<'_>]) -> Out {
     let b = job.decode(base)?;
     let vs: Vec<Vec<f32>> = xs
         .iter()
