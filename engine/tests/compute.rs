@@ -512,7 +512,7 @@ device_test!(
         let one = |sp, density, opts: &MergeOptions<'_>| {
             gta(
                 &d,
-                &[x.clone()],
+                std::slice::from_ref(&x),
                 &zero,
                 &[1.0],
                 sp,
@@ -544,7 +544,7 @@ device_test!(
         let zeros = vec![0.0f32; big.len()];
         let dare = gta(
             &d,
-            &[big.clone()],
+            std::slice::from_ref(&big),
             &zeros,
             &[1.0],
             Sparsify::Random { seed: 5 },
