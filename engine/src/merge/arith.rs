@@ -161,16 +161,19 @@ impl TensorMerge for DeviceMerge {
             }
             return Ok(first.data.to_vec());
         }
-        // Mixed input dtypes are merged in F32.
+        // Mixed input dtypes (and F64, which the kernels do not take) are
+        // merged in F32.
         let dtype = views[0].info.dtype;
-        let bytes: Vec<Cow<'_, [u8]>> = if views.iter().all(|v| v.info.dtype == dtype) {
-            views.iter().map(|v| Cow::Borrowed(v.data)).collect()
-        } else {
-            views
-                .iter()
-                .map(|v| v.to_dtype(DType::F32).map(Cow::Owned))
-                .collect::<Result<_>>()?
-        };
+        let kernel_dtype = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
+        let bytes: Vec<Cow<'_, [u8]>> =
+            if kernel_dtype && views.iter().all(|v| v.info.dtype == dtype) {
+                views.iter().map(|v| Cow::Borrowed(v.data)).collect()
+            } else {
+                views
+                    .iter()
+                    .map(|v| v.to_dtype(DType::F32).map(Cow::Owned))
+                    .collect::<Result<_>>()?
+            };
         let in_dtype = if bytes.iter().all(|b| matches!(b, Cow::Borrowed(_))) {
             dtype
         } else {
