@@ -28,7 +28,7 @@ cd "$WORK"
 
 "$BIN" example base --params "$PARAMS" --dtype bf16 --seed 1 2>&1 | sed 's/^/# /'
 for i in 1 2 3; do
-  "$BIN" example "v$i" --params "$PARAMS" --dtype bf16 --seed 1 --tune . --tune-seed "$i" >/dev/null
+  "$BIN" example "v$i" --params "$PARAMS" --dtype bf16 --seed 1 --tune . --tune-seed "$i" >/dev/null 2>&1
 done
 BYTES=$(stat -c %s base/model.safetensors)
 
