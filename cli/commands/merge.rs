@@ -146,7 +146,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     theta_engine::io::write_atomic(
         out_dir.join("README.md"),
-        model_card(&config, &yaml).as_bytes(),
+        model_card(&config, &yaml, args.seed).as_bytes(),
     )?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
@@ -306,7 +306,7 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 }
 
 /// A Hugging Face model card naming the method, its parameters and inputs.
-fn model_card(config: &MergeConfig, yaml: &str) -> String {
+fn model_card(config: &MergeConfig, yaml: &str, seed: u64) -> String {
     let mut card = String::from("---\nlibrary_name: transformers\ntags:\n- merge\n- git-theta\n");
     if let Some(b) = &config.base_model {
         let _ = writeln!(card, "base_model: {}", yaml_str(b));
@@ -329,6 +329,12 @@ fn model_card(config: &MergeConfig, yaml: &str) -> String {
     card.push_str("\n## Configuration\n\n```yaml\n");
     card.push_str(yaml.trim_end());
     card.push_str("\n```\n");
+    if config.merge_method.starts_with("dare") || config.merge_method.starts_with("della") {
+        let _ = writeln!(
+            card,
+            "\nRandom draws: git-theta's generator with `--seed {seed}` (the same seed gives the same model on the same device)."
+        );
+    }
     card
 }
 
