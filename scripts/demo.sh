@@ -3,7 +3,8 @@
 # Llama-shaped example model and inspects it, versions it in a git repository
 # (the model, a fine-tune of one layer, then a PEFT LoRA adapter side-loaded
 # as a low-rank update), merges a second fine-tune from another branch with
-# `git merge`, and frankenmerges layers of two models.
+# `git merge`, frankenmerges layers of two models and TIES-merges two
+# fine-tunes onto the base.
 # Usage: scripts/demo.sh [DIR]   (default: ./demo)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -97,3 +98,8 @@ merge_method: passthrough
 YAML
 git theta merge franken.yml franken
 git theta inspect franken | tail -n 4
+
+step "git theta merge: TIES of two fine-tunes onto the base (short form)"
+git theta example "$dir/tuned2" --seed 0 --tune layers.3. --tune-seed 2
+git theta merge --method ties --base base tuned:0.6 tuned2:0.4 --density 0.5 -o ties
+git theta inspect ties | tail -n 4

@@ -126,12 +126,45 @@ fn bad_configurations_fail_before_anything_is_written() {
     }
     let e = err(
         dir,
-        &[
-            "merge", "--method", "ties", "--base", "a", "b:0.5", "-o", "out",
-        ],
+        &["merge", "--method", "ties", "--base", "a", "b", "-o", "out"],
     );
-    assert!(e.contains("`ties`"), "{e}");
+    assert!(e.contains("`weight` is required"), "{e}");
     assert!(!dir.join("out").exists());
+}
+
+#[test]
+fn ties_merges_inputs_of_mixed_dtypes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    models(dir);
+    ok(dir, &["example", "c", "--seed", "3", "--dtype", "f32"]);
+    let args = [
+        "merge",
+        "--method",
+        "ties",
+        "--base",
+        "a",
+        "b:0.5",
+        "c:0.5",
+        "--density",
+        "0.5",
+        "--device",
+        "cpu",
+        "-o",
+    ];
+    ok(dir, &[&args[..], &["out"]].concat());
+    ok(dir, &[&args[..], &["again"]].concat());
+    let bytes = |d: &str| std::fs::read(dir.join(d).join("model.safetensors")).expect("read");
+    assert_eq!(bytes("out"), bytes("again"), "deterministic");
+    let out = theta_engine::checkpoint::open(dir.join("out")).expect("out");
+    let t = out
+        .tensor("model.layers.0.mlp.up_proj.weight")
+        .expect("tensor");
+    assert_eq!(t.info.dtype, theta_engine::DType::BF16, "the base's dtype");
+    let a = theta_engine::checkpoint::open(dir.join("a")).expect("a");
+    let x = a.tensor("model.layers.0.mlp.up_proj.weight").expect("a");
+    assert_ne!(t.data, x.data, "merged, not copied");
+    assert!(t.to_f32().expect("f32").iter().all(|v| v.is_finite()));
 }
 
 #[test]

@@ -51,6 +51,12 @@ pub struct Args {
     /// Check the configuration against the models and print the plan, writing nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Seed of the random draws of DARE and DELLA (same seed, same output).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where the arithmetic runs.
+    #[command(flatten)]
+    pub device: crate::commands::doctor::DeviceArgs,
 }
 
 /// Files copied from the base (else first) model's folder beside the merged weights.
@@ -109,7 +115,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let merger = merger_for(plan.method.name)?;
+    let merger = merger_for(plan.method, args)?;
     let out = OutputOptions {
         dir: out_dir.clone(),
         max_shard_bytes: args.out_shard_size,
@@ -140,7 +146,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     theta_engine::io::write_atomic(
         out_dir.join("README.md"),
-        model_card(&config, &yaml).as_bytes(),
+        model_card(&config, &yaml, args.seed).as_bytes(),
     )?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
@@ -157,12 +163,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The per-tensor arithmetic of a method.
-fn merger_for(method: &str) -> anyhow::Result<Box<dyn TensorMerge>> {
-    match method {
-        "passthrough" => Ok(Box::new(merge::Passthrough)),
-        other => bail!(
-            "merge method `{other}` is recognised and its configuration checked, but its arithmetic is not in this build yet (available: passthrough)"
+/// The per-tensor arithmetic of a method (passthrough copies and needs no device).
+fn merger_for(
+    method: &'static merge::MethodSpec,
+    args: &Args,
+) -> anyhow::Result<Box<dyn TensorMerge>> {
+    if method.name == "passthrough" {
+        return Ok(Box::new(merge::Passthrough));
+    }
+    let device = args.device.device()?;
+    match merge::DeviceMerge::new(method, device, args.seed) {
+        Some(m) => Ok(Box::new(m)),
+        None => bail!(
+            "merge method `{}` has no arithmetic in this build",
+            method.name
         ),
     }
 }
@@ -292,7 +306,7 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 }
 
 /// A Hugging Face model card naming the method, its parameters and inputs.
-fn model_card(config: &MergeConfig, yaml: &str) -> String {
+fn model_card(config: &MergeConfig, yaml: &str, seed: u64) -> String {
     let mut card = String::from("---\nlibrary_name: transformers\ntags:\n- merge\n- git-theta\n");
     if let Some(b) = &config.base_model {
         let _ = writeln!(card, "base_model: {}", yaml_str(b));
@@ -315,6 +329,12 @@ fn model_card(config: &MergeConfig, yaml: &str) -> String {
     card.push_str("\n## Configuration\n\n```yaml\n");
     card.push_str(yaml.trim_end());
     card.push_str("\n```\n");
+    if config.merge_method.starts_with("dare") || config.merge_method.starts_with("della") {
+        let _ = writeln!(
+            card,
+            "\nRandom draws: git-theta's generator with `--seed {seed}` (the same seed gives the same model on the same device)."
+        );
+    }
     card
 }
 

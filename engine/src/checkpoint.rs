@@ -42,6 +42,13 @@ pub trait Checkpoint: Send + Sync {
     /// Model-level metadata (a sharded index's `metadata`, a file's own).
     fn metadata(&self) -> Metadata;
 
+    /// Lets the operating system drop this process's resident copy of a
+    /// tensor's bytes once a streaming pass is done with them (they are read
+    /// again from the file if needed). Does nothing by default.
+    fn release(&self, name: &str) {
+        let _ = name;
+    }
+
     /// A tensor's bytes, or an error naming the checkpoint and the tensor.
     fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
         self.get(name).ok_or_else(|| Error::NoSuchTensor {
@@ -222,6 +229,11 @@ impl Checkpoint for Single {
     fn get(&self, name: &str) -> Option<TensorView<'_>> {
         self.file.get(name)
     }
+    fn release(&self, name: &str) {
+        if let Some(i) = self.file.tensors().iter().position(|t| t.name == name) {
+            self.file.release(i);
+        }
+    }
     fn files(&self) -> Vec<FileSummary> {
         vec![summary(&self.file)]
     }
@@ -247,6 +259,9 @@ impl Checkpoint for Sharded {
     }
     fn get(&self, name: &str) -> Option<TensorView<'_>> {
         self.model.get(name)
+    }
+    fn release(&self, name: &str) {
+        self.model.release(name);
     }
     fn files(&self) -> Vec<FileSummary> {
         self.model.shards().iter().map(summary).collect()

@@ -415,3 +415,146 @@ fn device_choice_parses_and_cpu_is_always_there() {
     let (d, _) = Device::select(theta_engine::compute::DeviceChoice::Cpu).expect("cpu");
     assert_eq!(d.label(), "cpu");
 }
+
+/// mergekit 0.1.5's generalized task arithmetic, written out for 3 models
+/// over a small tensor, against the kernel on every device.
+#[allow(clippy::too_many_arguments)]
+fn gta(
+    d: &Device,
+    xs: &[Vec<f32>],
+    base: &[f32],
+    weights: &[f32],
+    sparsify: Sparsify,
+    combine: Combine,
+    opts: &theta_engine::compute::MergeOptions<'_>,
+    density: f32,
+) -> Vec<f32> {
+    let terms: Vec<Term<'_>> = xs
+        .iter()
+        .zip(weights)
+        .map(|(x, w)| Term {
+            input: Input::f32(x),
+            weight: *w,
+            density,
+        })
+        .collect();
+    let spec = MergeSpec {
+        tensor: "t",
+        terms: &terms,
+        base: Some(Input::f32(base)),
+        sparsify,
+        combine,
+        lambda: 1.0,
+    };
+    let mut out = vec![0f32; base.len()];
+    d.merge_with(&spec, opts, bytemuck::cast_slice_mut(&mut out), DType::F32)
+        .expect("merge");
+    out
+}
+
+device_test!(
+    mergekit_sign_election_normalize_and_trims,
+    |d| {
+        use theta_engine::compute::{MergeOptions, Rescale};
+        let base = vec![0.0f32; 4];
+        // w·δ per element: (1, −1, 0) sums to 0, so the positive side wins;
+        // (1, −0.5, 0): the negative weight puts model 1 against the sum;
+        // (1, −1, 3); nothing at all (divisor 0 counts as 1).
+        let xs = vec![
+            vec![1.0, 1.0, 1.0, 0.0],
+            vec![2.0, 1.0, 2.0, 0.0],
+            vec![0.0, 0.0, 3.0, 0.0],
+        ];
+        let w = [1.0, -0.5, 1.0];
+        let none = MergeOptions::default();
+        let ties = gta(
+            &d,
+            &xs,
+            &base,
+            &w,
+            Sparsify::None,
+            Combine::Ties,
+            &none,
+            1.0,
+        );
+        assert_eq!(
+            ties,
+            vec![1.0, 1.0, 2.0, 0.0],
+            "divided by agreeing weights"
+        );
+        let sum = gta(
+            &d,
+            &xs,
+            &base,
+            &w,
+            Sparsify::None,
+            Combine::TiesSum,
+            &none,
+            1.0,
+        );
+        assert_eq!(sum, vec![1.0, 1.0, 4.0, 0.0]);
+        let mean = gta(
+            &d,
+            &xs,
+            &base,
+            &w,
+            Sparsify::None,
+            Combine::LinearMean,
+            &none,
+            1.0,
+        );
+        assert_eq!(mean, vec![0.0, 0.5 / 1.5, 2.0, 0.0]);
+
+        // Trims: density 0.1 of 10 keeps max(1, 1) = 1; breadcrumbs with
+        // gamma 0.2 drops the two largest, then keeps the next five.
+        let x: Vec<f32> = (1..=10).map(|i| i as f32).collect();
+        let zero = vec![0.0f32; 10];
+        let one = |sp, density, opts: &MergeOptions<'_>| {
+            gta(
+                &d,
+                std::slice::from_ref(&x),
+                &zero,
+                &[1.0],
+                sp,
+                Combine::Linear,
+                opts,
+                density,
+            )
+        };
+        let trimmed = one(Sparsify::Magnitude, 0.1, &none);
+        assert_eq!(trimmed.iter().filter(|v| **v != 0.0).count(), 1);
+        assert_eq!(trimmed[9], 10.0);
+        let gamma = [0.2f32];
+        let crumbs = MergeOptions {
+            rescale: Rescale::None,
+            gamma: &gamma,
+        };
+        let bc = one(Sparsify::Outliers, 0.5, &crumbs);
+        assert_eq!(bc, vec![0.0, 0.0, 0.0, 4.0, 5.0, 6.0, 7.0, 8.0, 0.0, 0.0]);
+        // L1 rescale: the kept 4..8 (sum 30) scaled to the whole sum 55.
+        let l1 = MergeOptions {
+            rescale: Rescale::L1,
+            gamma: &gamma,
+        };
+        let scaled = one(Sparsify::Outliers, 0.5, &l1);
+        let total: f32 = scaled.iter().sum();
+        assert!((total - 55.0).abs() < 1e-4, "{total}");
+        // DARE with L1 rescale keeps the L1 norm too.
+        let big: Vec<f32> = vals(20_000, 3);
+        let zeros = vec![0.0f32; big.len()];
+        let dare = gta(
+            &d,
+            std::slice::from_ref(&big),
+            &zeros,
+            &[1.0],
+            Sparsify::Random { seed: 5 },
+            Combine::Linear,
+            &l1,
+            0.4,
+        );
+        let l = |v: &[f32]| v.iter().map(|x| f64::from(x.abs())).sum::<f64>();
+        assert!((l(&dare) / l(&big) - 1.0).abs() < 1e-5);
+        (ties, sum, mean, trimmed, bc, scaled, dare)
+    },
+    |cpu, other| assert_eq!(cpu, other)
+);

@@ -1,13 +1,15 @@
 // Merging N tensors element by element, optionally around a base:
 //   delta_i = x_i - base   (x_i when there is no base)
-//   sparsify: none | magnitude (keep |delta_i| >= threshold_i) |
-//             random (keep with probability p_i, rescale by 1/p_i)
-//   combine:  linear  sum_i w_i delta_i
-//             ties    elect the sign of sum_i w_i delta_i, then the weighted
-//                     mean of the deltas that carry that sign
+//   sparsify: none | magnitude (keep threshold_i <= |delta_i| < upper_i) |
+//             random (keep with probability p_i); kept deltas times scale_i
+//   combine:  0 linear       sum_i w_i delta_i
+//             3 linear mean  the same over sum_i w_i (1 when near zero)
+//             1 ties mean    elect the sign of sum_i w_i delta_i (+ at zero),
+//                            then the deltas whose w_i delta_i carry it,
+//                            summed and divided by their weights (2: undivided)
 //   out = base + lambda * combined
 // Each thread writes one pair of elements, so F16/BF16 outputs are whole u32
-// words. Must match theta_engine::compute::merge::merge_element exactly.
+// words. Must match theta_engine::compute::ops::merge_element exactly.
 
 struct Params {
     n_models: u32,
@@ -29,10 +31,10 @@ struct Model {
     threshold_bits: u32,
     keep_below: u32,
     keep_all: u32,
-    inv_keep: f32,
+    scale: f32,
+    upper_bits: u32,
     pad0: u32,
     pad1: u32,
-    pad2: u32,
 }
 
 // Dtype of the inputs and of the output (DT_*), fixed per pipeline.
@@ -48,8 +50,9 @@ override OUT_DT: u32 = 0u;
 fn sparsify(d: f32, i: u32, j: u32) -> f32 {
     let m = models[i];
     if (p.sparsify == 1u) {
-        if ((bitcast<u32>(d) & 0x7fffffffu) >= m.threshold_bits) {
-            return d;
+        let a = bitcast<u32>(d) & 0x7fffffffu;
+        if (a >= m.threshold_bits && a < m.upper_bits) {
+            return d * m.scale;
         }
         return 0.0;
     }
@@ -60,7 +63,7 @@ fn sparsify(d: f32, i: u32, j: u32) -> f32 {
         let lo = p.offset_lo + j;
         let hi = p.offset_hi + select(0u, 1u, lo < j);
         if (draw(p.seed_lo, p.seed_hi, p.name_hash, i, lo, hi) < m.keep_below) {
-            return d * m.inv_keep;
+            return d * m.scale;
         }
         return 0.0;
     }
@@ -82,7 +85,7 @@ fn merge_one(j: u32) -> f32 {
         sum += models[i].weight * sparsify(d, i, j);
     }
     var combined = sum;
-    if (p.combine == 1u) {
+    if (p.combine == 1u || p.combine == 2u) {
         var num = 0.0;
         var den = 0.0;
         for (var i = 0u; i < p.n_models; i++) {
@@ -91,16 +94,29 @@ fn merge_one(j: u32) -> f32 {
             if (p.has_base != 0u) {
                 d = x - b;
             }
-            let s = sparsify(d, i, j);
-            if ((s > 0.0 && sum > 0.0) || (s < 0.0 && sum < 0.0)) {
-                num += models[i].weight * s;
+            let v = models[i].weight * sparsify(d, i, j);
+            if ((v > 0.0 && sum >= 0.0) || (v < 0.0 && sum < 0.0)) {
+                num += v;
                 den += models[i].weight;
             }
+        }
+        if (p.combine == 2u) {
+            combined = num;
+        } else {
+            if (den == 0.0) {
+                den = 1.0;
+            }
+            combined = num / den;
+        }
+    } else if (p.combine == 3u) {
+        var den = 0.0;
+        for (var i = 0u; i < p.n_models; i++) {
+            den += models[i].weight;
         }
         if (abs(den) < 1e-8) {
             den = 1.0;
         }
-        combined = num / den;
+        combined = sum / den;
     }
     return b + p.lambda * combined;
 }

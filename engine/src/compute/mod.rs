@@ -19,13 +19,14 @@ mod error;
 #[cfg_attr(feature = "gpu", path = "gpu/mod.rs")]
 #[cfg_attr(not(feature = "gpu"), path = "gpu_disabled.rs")]
 mod gpu;
+mod masks;
 pub mod ops;
 mod run;
 
 pub use device::{Device, DeviceChoice, GpuInfo};
 pub use error::{ComputeError, Result};
 pub use gpu::GpuContext;
-pub use run::{Combine, DiffStats, MergeSpec, Sparsify, Term};
+pub use run::{Combine, DiffStats, MergeOptions, MergeSpec, Rescale, Sparsify, Term};
 
 use crate::DType;
 

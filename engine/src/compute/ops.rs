@@ -20,7 +20,7 @@ pub struct MergeParams {
     pub has_base: u32,
     /// 0 none, 1 magnitude, 2 random.
     pub sparsify: u32,
-    /// 0 linear, 1 TIES.
+    /// One of the `COMBINE_*` codes.
     pub combine: u32,
     /// Scale of the combined delta.
     pub lambda: f32,
@@ -46,12 +46,16 @@ pub struct ModelParams {
     pub threshold_bits: u32,
     /// Random drop: keep when the draw is below this.
     pub keep_below: u32,
-    /// Random drop: 1 keeps everything (density 1).
+    /// Random drop: 1 keeps everything untouched (density 1).
     pub keep_all: u32,
-    /// Random drop: rescale of kept deltas (1/density).
-    pub inv_keep: f32,
+    /// Factor applied to every kept delta (1/density for DARE's classic
+    /// rescale, mergekit's L1 ratio, or 1).
+    pub scale: f32,
+    /// Magnitude trim: keep |delta| whose bits are below this too (drops
+    /// breadcrumbs' outliers; `u32::MAX` drops none).
+    pub upper_bits: u32,
     /// Padding to 32 bytes.
-    pub pad: [u32; 3],
+    pub pad: [u32; 2],
 }
 
 /// Sparsification codes of [`MergeParams::sparsify`].
@@ -60,6 +64,15 @@ pub const SPARSIFY_NONE: u32 = 0;
 pub const SPARSIFY_MAGNITUDE: u32 = 1;
 /// Keep at random.
 pub const SPARSIFY_RANDOM: u32 = 2;
+
+/// Combination codes of [`MergeParams::combine`]: Σ wᵢδᵢ.
+pub const COMBINE_LINEAR: u32 = 0;
+/// TIES, divided by the weights taking part (mergekit's `normalize: true`).
+pub const COMBINE_TIES_MEAN: u32 = 1;
+/// TIES, undivided (`normalize: false`).
+pub const COMBINE_TIES_SUM: u32 = 2;
+/// Σ wᵢδᵢ / Σ wᵢ (a sum of weights near zero counts as 1).
+pub const COMBINE_LINEAR_MEAN: u32 = 3;
 
 /// `common.wgsl::mix32`.
 pub fn mix32(x: u32) -> u32 {
@@ -88,11 +101,14 @@ pub fn name_hash(name: &str) -> u32 {
     })
 }
 
-fn sparsify(p: &MergeParams, m: &ModelParams, d: f32, model: u32, index: u64) -> f32 {
+/// `merge.wgsl::sparsify`: model `model`'s delta `d` at element `index`,
+/// thinned and rescaled.
+pub fn sparsify(p: &MergeParams, m: &ModelParams, d: f32, model: u32, index: u64) -> f32 {
     match p.sparsify {
         SPARSIFY_MAGNITUDE => {
-            if d.to_bits() & 0x7fff_ffff >= m.threshold_bits {
-                d
+            let a = d.to_bits() & 0x7fff_ffff;
+            if a >= m.threshold_bits && a < m.upper_bits {
+                d * m.scale
             } else {
                 0.0
             }
@@ -103,7 +119,7 @@ fn sparsify(p: &MergeParams, m: &ModelParams, d: f32, model: u32, index: u64) ->
             } else {
                 let seed = u64::from(p.seed_lo) | (u64::from(p.seed_hi) << 32);
                 if draw(seed, p.name_hash, model, index) < m.keep_below {
-                    d * m.inv_keep
+                    d * m.scale
                 } else {
                     0.0
                 }
@@ -113,8 +129,20 @@ fn sparsify(p: &MergeParams, m: &ModelParams, d: f32, model: u32, index: u64) ->
     }
 }
 
+/// Whether [`sparsify`] leaves model `m`'s deltas as they are.
+pub fn keeps_everything(p: &MergeParams, m: &ModelParams) -> bool {
+    match p.sparsify {
+        SPARSIFY_MAGNITUDE => m.threshold_bits == 0 && m.upper_bits == u32::MAX && m.scale == 1.0,
+        SPARSIFY_RANDOM => m.keep_all != 0,
+        _ => true,
+    }
+}
+
 /// `merge.wgsl::merge_one`: element `index` of the merge, given the models'
 /// values `xs` there and the base's value `b` (0 without a base).
+///
+/// TIES follows mergekit 0.1.5: the elected sign is that of Σ wᵢδᵢ, positive
+/// when the sum is zero; model i takes part where wᵢδᵢ carries that sign.
 pub fn merge_element(
     p: &MergeParams,
     models: &[ModelParams],
@@ -130,21 +158,37 @@ pub fn merge_element(
     for (i, m) in models.iter().enumerate() {
         sum += m.weight * delta(i);
     }
-    let mut combined = sum;
-    if p.combine == 1 {
-        let (mut num, mut den) = (0.0f32, 0.0f32);
-        for (i, m) in models.iter().enumerate() {
-            let s = delta(i);
-            if (s > 0.0 && sum > 0.0) || (s < 0.0 && sum < 0.0) {
-                num += m.weight * s;
-                den += m.weight;
+    let combined = match p.combine {
+        COMBINE_TIES_MEAN | COMBINE_TIES_SUM => {
+            let (mut num, mut den) = (0.0f32, 0.0f32);
+            for (i, m) in models.iter().enumerate() {
+                let v = m.weight * delta(i);
+                if (v > 0.0 && sum >= 0.0) || (v < 0.0 && sum < 0.0) {
+                    num += v;
+                    den += m.weight;
+                }
+            }
+            if p.combine == COMBINE_TIES_SUM {
+                num
+            } else {
+                if den == 0.0 {
+                    den = 1.0;
+                }
+                num / den
             }
         }
-        if den.abs() < 1e-8 {
-            den = 1.0;
+        COMBINE_LINEAR_MEAN => {
+            let mut den = 0.0f32;
+            for m in models {
+                den += m.weight;
+            }
+            if den.abs() < 1e-8 {
+                den = 1.0;
+            }
+            sum / den
         }
-        combined = num / den;
-    }
+        _ => sum,
+    };
     b + p.lambda * combined
 }
 

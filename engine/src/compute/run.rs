@@ -18,6 +18,34 @@ pub enum Sparsify {
         /// The seed.
         seed: u64,
     },
+    /// Breadcrumbs (mergekit's `magnitude_outliers`): drop each model's
+    /// [`MergeOptions::gamma`] share of largest |delta|, then keep its
+    /// `density` share of the largest that remain.
+    Outliers,
+}
+
+/// How kept deltas are rescaled after [`Sparsify`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rescale {
+    /// DARE's 1/density; magnitude trims unscaled.
+    #[default]
+    InverseDensity,
+    /// No rescaling.
+    None,
+    /// mergekit's `rescale: true`: each model's kept deltas scaled so their
+    /// L1 norm equals that of its whole delta (unscaled when either norm is
+    /// below 1e-7).
+    L1,
+}
+
+/// What a merge may add to [`MergeSpec`] (mergekit's finer switches).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MergeOptions<'a> {
+    /// Rescaling of kept deltas.
+    pub rescale: Rescale,
+    /// Per term: the share of largest |delta| dropped by
+    /// [`Sparsify::Outliers`] (missing terms drop none).
+    pub gamma: &'a [f32],
 }
 
 /// How the (thinned) deltas are combined.
@@ -25,9 +53,14 @@ pub enum Sparsify {
 pub enum Combine {
     /// Σ wᵢ δᵢ.
     Linear,
-    /// TIES: elect the sign of Σ wᵢ δᵢ, then the weighted mean of the deltas
-    /// with that sign.
+    /// TIES: elect the sign of Σ wᵢ δᵢ (positive at zero), then the sum of
+    /// the wᵢ δᵢ with that sign divided by their weights.
     Ties,
+    /// TIES without the division (mergekit's `normalize: false`).
+    TiesSum,
+    /// Σ wᵢ δᵢ / Σ wᵢ (mergekit's linear merge and `normalize: true`); a sum
+    /// of weights within 1e-8 of zero counts as 1.
+    LinearMean,
 }
 
 /// One model in a merge.
@@ -148,6 +181,21 @@ impl Device {
 
     /// Merges `spec` into `out` (elements of `out_dtype`).
     pub fn merge(&self, spec: &MergeSpec<'_>, out: &mut [u8], out_dtype: DType) -> Result<()> {
+        self.merge_with(spec, &MergeOptions::default(), out, out_dtype)
+    }
+
+    /// [`Device::merge`] with mergekit's finer switches.
+    ///
+    /// Magnitude trims keep `k = max(1, ⌊density·n⌋)` deltas by the k-th
+    /// largest magnitude, and every delta tied with it; density ≥ 1 keeps
+    /// all, ≤ 0 none.
+    pub fn merge_with(
+        &self,
+        spec: &MergeSpec<'_>,
+        opts: &MergeOptions<'_>,
+        out: &mut [u8],
+        out_dtype: DType,
+    ) -> Result<()> {
         let t = spec.tensor;
         let first = spec
             .terms
@@ -190,51 +238,97 @@ impl Device {
             Sparsify::Random { seed } => seed,
             _ => 0,
         };
-        let mut models = Vec::with_capacity(spec.terms.len());
-        for term in spec.terms {
-            let mut m = ModelParams {
-                weight: term.weight,
-                ..Default::default()
-            };
-            let density = term.density.clamp(0.0, 1.0);
-            match spec.sparsify {
-                Sparsify::None => {}
-                Sparsify::Magnitude => {
-                    let k = (f64::from(density) * n as f64) as usize;
-                    let kth = if k == 0 {
-                        None
-                    } else {
-                        Some(self.kth_largest_abs(t, term.input, spec.base, k)?)
-                    };
-                    m.threshold_bits = ops::threshold_for_k(k, kth);
-                }
-                Sparsify::Random { .. } => {
-                    m.keep_all = u32::from(density >= 1.0);
-                    m.keep_below =
-                        (f64::from(density) * 4_294_967_296.0).min(u32::MAX as f64) as u32;
-                    m.inv_keep = if density > 0.0 { 1.0 / density } else { 0.0 };
-                }
-            }
-            models.push(m);
-        }
         let p = MergeParams {
             n_models: spec.terms.len() as u32,
             has_base: u32::from(spec.base.is_some()),
             sparsify: match spec.sparsify {
                 Sparsify::None => ops::SPARSIFY_NONE,
-                Sparsify::Magnitude => ops::SPARSIFY_MAGNITUDE,
+                Sparsify::Magnitude | Sparsify::Outliers => ops::SPARSIFY_MAGNITUDE,
                 Sparsify::Random { .. } => ops::SPARSIFY_RANDOM,
             },
-            combine: u32::from(spec.combine == Combine::Ties),
+            combine: match spec.combine {
+                Combine::Linear => ops::COMBINE_LINEAR,
+                Combine::Ties => ops::COMBINE_TIES_MEAN,
+                Combine::TiesSum => ops::COMBINE_TIES_SUM,
+                Combine::LinearMean => ops::COMBINE_LINEAR_MEAN,
+            },
             lambda: spec.lambda,
             name_hash: ops::name_hash(t),
             seed_lo: seed as u32,
             seed_hi: (seed >> 32) as u32,
             ..Default::default()
         };
+        let mut models = Vec::with_capacity(spec.terms.len());
+        for (i, term) in spec.terms.iter().enumerate() {
+            let gamma = opts.gamma.get(i).copied().unwrap_or(0.0);
+            models.push(self.model_params(spec, opts.rescale, term, gamma)?);
+        }
+        if opts.rescale == Rescale::L1 {
+            for (i, (term, m)) in spec.terms.iter().zip(models.iter_mut()).enumerate() {
+                if !ops::keeps_everything(&p, m) {
+                    m.scale = super::masks::l1_scale(&p, m, i as u32, term.input, spec.base);
+                }
+            }
+        }
         let inputs: Vec<Input<'_>> = spec.terms.iter().map(|t| t.input).collect();
         self.backend()
             .merge(t, &p, &models, &inputs, spec.base, out, out_dtype)
+    }
+
+    /// One model's kernel parameters: its trim thresholds, keep probability
+    /// and rescale factor (before any L1 rescale).
+    fn model_params(
+        &self,
+        spec: &MergeSpec<'_>,
+        rescale: Rescale,
+        term: &Term<'_>,
+        gamma: f32,
+    ) -> Result<ModelParams> {
+        let t = spec.tensor;
+        let n = term.input.len();
+        let mut m = ModelParams {
+            weight: term.weight,
+            scale: 1.0,
+            upper_bits: u32::MAX,
+            ..Default::default()
+        };
+        if term.density.is_nan() || gamma.is_nan() {
+            return Err(invalid(t, "density or gamma is NaN"));
+        }
+        let density = term.density.clamp(0.0, 1.0);
+        let kth = |k: usize| self.kth_largest_abs(t, term.input, spec.base, k);
+        match spec.sparsify {
+            Sparsify::None => {}
+            Sparsify::Magnitude | Sparsify::Outliers if density >= 1.0 => {}
+            Sparsify::Magnitude if density <= 0.0 => m.threshold_bits = u32::MAX,
+            Sparsify::Magnitude => {
+                let k = ((f64::from(density) * n as f64) as usize).max(1);
+                m.threshold_bits = ops::threshold_for_k(k, Some(kth(k)?));
+            }
+            Sparsify::Outliers => {
+                // mergekit: sort |delta| ascending, keep ranks [n_bot, n_bot + target).
+                let target = (f64::from(density) * n as f64) as usize;
+                let n_top = (f64::from(gamma.clamp(0.0, 1.0)) * n as f64) as usize;
+                let n_bot = n.saturating_sub(target + n_top);
+                let dropped_top = n - n_bot - target;
+                if target == 0 {
+                    m.threshold_bits = u32::MAX;
+                } else {
+                    m.threshold_bits = kth(dropped_top + target)?;
+                    if dropped_top > 0 {
+                        m.upper_bits = kth(dropped_top)?;
+                    }
+                }
+            }
+            Sparsify::Random { .. } => {
+                m.keep_all = u32::from(density >= 1.0);
+                m.keep_below = (f64::from(density) * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+                if rescale == Rescale::InverseDensity {
+                    m.scale = if density > 0.0 { 1.0 / density } else { 0.0 };
+                }
+            }
+        }
+        Ok(m)
     }
 
     /// Bits of the `k`-th largest |x − base| (`1 <= k <= len`), found in
@@ -285,8 +379,23 @@ impl Device {
         self.backend().stats(tensor, a, b, base)
     }
 
+    /// Statistics of `a − base` against `b − base` (`norm_old` is ‖a − base‖,
+    /// `norm_new` ‖b − base‖, `dot` their inner product), in one fused pass.
+    pub fn delta_stats(
+        &self,
+        tensor: &str,
+        base: Input<'_>,
+        a: Input<'_>,
+        b: Input<'_>,
+    ) -> Result<DiffStats> {
+        self.sums(tensor, a, b, Some(base))
+            .map(|s| DiffStats::from_sums(&s))
+    }
+
     /// The cosine between every pair of models' deltas from `base`
-    /// (model_stock's statistic), as a row-major `N × N` matrix.
+    /// (model_stock's statistic), as a row-major `N × N` matrix: the inner
+    /// product over the product of norms clamped to at least 1e-6, as
+    /// mergekit computes it.
     pub fn pairwise_cosine(
         &self,
         tensor: &str,
@@ -297,10 +406,10 @@ impl Device {
         let mut out = vec![1.0; m * m];
         for i in 0..m {
             for j in i + 1..m {
-                let s =
-                    DiffStats::from_sums(&self.sums(tensor, models[i], models[j], Some(base))?);
-                out[i * m + j] = s.cosine();
-                out[j * m + i] = s.cosine();
+                let s = self.delta_stats(tensor, base, models[i], models[j])?;
+                let cos = (s.dot / (s.norm_old * s.norm_new).max(1e-6)).clamp(-1.0, 1.0);
+                out[i * m + j] = cos;
+                out[j * m + i] = cos;
             }
         }
         Ok(out)
@@ -308,7 +417,7 @@ impl Device {
 
     /// Spherical interpolation from `a` (t = 0) to `b` (t = 1), falling back
     /// to linear interpolation when the tensors are nearly colinear
-    /// (|cos| > 1 − `eps`), as mergekit does.
+    /// (|cos| > 1 − `eps`; mergekit's slerp uses `eps` = 0.0005).
     #[allow(clippy::too_many_arguments)]
     pub fn slerp(
         &self,
@@ -321,12 +430,10 @@ impl Device {
         out_dtype: DType,
     ) -> Result<()> {
         let s = self.sums(tensor, a, b, None)?;
-        let norms = s.a2.sqrt() * s.b2.sqrt();
-        let cos = if norms > 0.0 {
-            (s.dot / norms).clamp(-1.0, 1.0)
-        } else {
-            1.0
-        };
+        // As mergekit: a norm of at most 1e-8 counts as 1 (so a zero tensor
+        // is orthogonal to everything and interpolates spherically).
+        let norm = |sq: f64| if sq.sqrt() > 1e-8 { sq.sqrt() } else { 1.0 };
+        let cos = (s.dot / (norm(s.a2) * norm(s.b2))).clamp(-1.0, 1.0);
         let t64 = f64::from(t);
         let (c0, c1) = if 1.0 - cos.abs() < eps {
             (1.0 - t64, t64)

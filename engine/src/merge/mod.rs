@@ -5,12 +5,14 @@
 //! [`check`] validates a configuration against the method before any tensor
 //! is read; [`resolve`] gives a parameter's value for one model and tensor.
 
+pub mod arith;
 pub mod config;
 pub mod methods;
 pub mod params;
 pub mod plan;
 pub mod run;
 
+pub use arith::DeviceMerge;
 pub use config::{ConfigError, MergeConfig, Parameters};
 pub use methods::{BasePolicy, MethodSpec, ParamSpec, Scope};
 pub use params::{Kind, Setting, Value};

@@ -69,6 +69,12 @@ pub fn run(
             return Err(Error::usage(&out.dir, Some(&t.output.name), msg));
         }
         writer.write_tensor(&t.output.name, &bytes)?;
+        drop(views);
+        // Resident memory stays near (inputs + 2) × the largest tensor
+        // rather than growing with the mapped inputs.
+        for i in &t.inputs {
+            models[i.model].1.release(&i.tensor);
+        }
         progress(bytes.len() as u64);
     }
     let written = writer.finish()?;

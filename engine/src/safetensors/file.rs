@@ -111,6 +111,26 @@ impl SafetensorsFile {
         }
     }
 
+    /// Drops this process's resident pages of the `i`-th tensor: they stay
+    /// in the page cache and fault back in if read again, so a streaming
+    /// pass over large files does not accumulate resident memory.
+    pub fn release(&self, i: usize) {
+        #[cfg(unix)]
+        if let Some(e) = self.header.entries.get(i) {
+            let start = 8 + self.header_len + e.begin as usize;
+            let len = (e.end - e.begin) as usize;
+            // SAFETY: the map is read-only and shared with the file, so the
+            // dropped pages are read again from the file on the next access:
+            // no view's contents change.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = i;
+    }
+
     /// Looks a tensor up by name, with an error naming the file if absent.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
         self.get(name).ok_or_else(|| Error::NoSuchTensor {

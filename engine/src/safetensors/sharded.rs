@@ -141,6 +141,13 @@ impl ShardedSafetensors {
     pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
         self.locate.get(name).map(|&(s, i)| self.shards[s].view(i))
     }
+
+    /// [`SafetensorsFile::release`] for the tensor called `name`.
+    pub fn release(&self, name: &str) {
+        if let Some(&(s, i)) = self.locate.get(name) {
+            self.shards[s].release(i);
+        }
+    }
 }
 
 fn is_plain_file_name(name: &str) -> bool {
