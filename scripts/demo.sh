@@ -100,6 +100,5 @@ git theta merge franken.yml franken
 git theta inspect franken | tail -n 4
 
 step "git theta merge: TIES of two fine-tunes onto the base (short form)"
-git theta example "$dir/tuned2" --seed 0 --tune layers.3. --tune-seed 2
 git theta merge --method ties --base base tuned:0.6 tuned2:0.4 --density 0.5 -o ties
 git theta inspect ties | tail -n 4
