@@ -62,6 +62,7 @@ pub const SPARSIFY_MAGNITUDE: u32 = 1;
 pub const SPARSIFY_RANDOM: u32 = 2;
 
 /// `common.wgsl::mix32`.
+#[inline]
 pub fn mix32(x: u32) -> u32 {
     let mut h = x;
     h ^= h >> 16;
