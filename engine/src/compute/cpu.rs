@@ -79,7 +79,7 @@ impl Backend for Cpu {
             out.par_chunks_mut(CHUNK * out_dtype.size())
                 .enumerate()
                 .for_each_init(merge::Scratch::default, |s, (c, dst)| {
-                    lanes::simd(|| fast.chunk(s, c * CHUNK, dst))
+                    merge::chunk(&fast, s, c * CHUNK, dst)
                 });
             return Ok(());
         }
@@ -100,7 +100,7 @@ impl Backend for Cpu {
             .map_init(stats::Scratch::default, |s, c| {
                 let start = c * CHUNK;
                 let len = CHUNK.min(n - start);
-                lanes::simd(|| stats::chunk(s, a, b, base, start, len))
+                stats::chunk(s, a, b, base, start, len)
             })
             .collect();
         let mut total = StatSums::default();

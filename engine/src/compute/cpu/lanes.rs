@@ -85,26 +85,44 @@ pub(super) fn encode(src: &[f32], dst: &mut [u8], dtype: DType, tmp: &mut Vec<u1
     }
 }
 
-/// Runs `f` compiled for AVX2 (and FMA) when the CPU has them, else for the
-/// build's baseline. The chunk loops are `#[inline(always)]` so they are
-/// compiled into the AVX2 copy; Rust never contracts `a * b + c` into an
-/// FMA, so both copies give the same bits.
+/// Whether the CPU has AVX2 and FMA (cached by `std`).
 #[inline(always)]
-pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features `avx2` was compiled for.
-            return unsafe { avx2(f) };
-        }
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
-    f()
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
+
+/// Defines `fn NAME(args) -> R` that runs `IMPL(args)` compiled for AVX2
+/// (and FMA) when the CPU has them, else for the build's baseline. `IMPL`
+/// must be `#[inline(always)]` so each copy gets its own code. Rust never
+/// contracts `a * b + c` into an FMA, so both copies give the same bits.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $imp:path) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86.
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $imp($($arg),*)
+                }
+                if $crate::compute::cpu::lanes::has_avx2() {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $imp($($arg),*)
+        }
+    };
+}
+pub(super) use multiversion;
 
 #[cfg(test)]
 mod tests {

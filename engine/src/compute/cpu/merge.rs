@@ -40,6 +40,9 @@ impl<'a> FastMerge<'a> {
         base: Option<Input<'a>>,
         out_dtype: DType,
     ) -> Option<Self> {
+        // Every field is named, and the update stays: a field added later
+        // takes its default here, so a set one makes the blocks differ.
+        #[allow(clippy::needless_update)]
         let known = MergeParams {
             n_models: p.n_models,
             len: p.len,
@@ -93,7 +96,7 @@ impl<'a> FastMerge<'a> {
 
     /// Merges elements `start..` into `dst` (whole elements of the output).
     #[inline(always)]
-    pub(super) fn chunk(&self, s: &mut Scratch, start: usize, dst: &mut [u8]) {
+    fn chunk_impl(&self, s: &mut Scratch, start: usize, dst: &mut [u8]) {
         let m = self.models.len();
         s.f.resize((m + 4) * BLOCK, 0.0);
         let os = self.out_dtype.size();
@@ -134,9 +137,12 @@ impl<'a> FastMerge<'a> {
                         .zip(&d[..len])
                         .zip(acc.iter())
                     {
-                        let agree = (v > 0.0 && sum > 0.0) || (v < 0.0 && sum < 0.0);
-                        *n = if agree { *n + w * v } else { *n };
-                        *e = if agree { *e + w } else { *e };
+                        // `&` and `|`, not `&&` and `||`: no branches on signs.
+                        let agree = (v > 0.0) & (sum > 0.0) | (v < 0.0) & (sum < 0.0);
+                        // x + -0.0 is x for every x (-0.0 and NaN too), so
+                        // adding it is the reference's skipped addition.
+                        *n += if agree { w * v } else { -0.0 };
+                        *e += if agree { w } else { -0.0 };
                     }
                 }
                 for ((a, &n), &e) in acc.iter_mut().zip(num.iter()).zip(den.iter()) {
@@ -190,6 +196,11 @@ impl<'a> FastMerge<'a> {
             _ => {}
         }
     }
+}
+
+lanes::multiversion! {
+    /// [`FastMerge::chunk_impl`], for AVX2 when the CPU has it.
+    pub(super) fn chunk(fast: &FastMerge<'_>, s: &mut Scratch, start: usize, dst: &mut [u8]) => FastMerge::chunk_impl
 }
 
 /// Elements `start..start + len` of `x`.

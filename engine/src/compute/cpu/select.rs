@@ -21,11 +21,9 @@ struct Scratch {
 
 /// Bits of the `k`-th largest |x − base|, `1 <= k <= x.len()`.
 pub(super) fn kth_largest_abs(x: Input<'_>, base: Option<Input<'_>>, k: usize) -> u32 {
-    let top = histogram(x, base, 1 << 15, |m| Some((m >> 16) as usize));
+    let top = histogram(x, base, Digit::High);
     let (hi, k) = pick(&top, k as u64);
-    let low = histogram(x, base, 1 << 16, move |m| {
-        (m >> 16 == hi).then_some((m & 0xffff) as usize)
-    });
+    let low = histogram(x, base, Digit::Low(hi));
     let (lo, _) = pick(&low, k);
     hi << 16 | lo
 }
@@ -44,13 +42,21 @@ fn pick(h: &[u64], k: u64) -> (u32, u64) {
     (0, k)
 }
 
-/// Counts the magnitudes' bits by `digit` (`None`: not counted).
-fn histogram(
-    x: Input<'_>,
-    base: Option<Input<'_>>,
-    bins: usize,
-    digit: impl Fn(u32) -> Option<usize> + Sync,
-) -> Vec<u64> {
+/// Which digit of the magnitudes' bits a pass counts.
+#[derive(Clone, Copy)]
+enum Digit {
+    /// Bits 16..31 (bit 31, the sign, is clear).
+    High,
+    /// Bits 0..16 of the magnitudes whose high digit is this.
+    Low(u32),
+}
+
+/// Counts the magnitudes' `digit`s.
+fn histogram(x: Input<'_>, base: Option<Input<'_>>, digit: Digit) -> Vec<u64> {
+    let bins = match digit {
+        Digit::High => 1 << 15,
+        Digit::Low(_) => 1 << 16,
+    };
     let n = x.len();
     (0..n.div_ceil(CHUNK))
         .into_par_iter()
@@ -59,7 +65,7 @@ fn histogram(
             |(mut h, mut s), c| {
                 let start = c * CHUNK;
                 let len = CHUNK.min(n - start);
-                lanes::simd(|| count(&mut s, x, base, start, len, &mut h, &digit));
+                count(&mut s, x, base, start, len, &mut h, digit);
                 (h, s)
             },
         )
@@ -73,15 +79,27 @@ fn histogram(
         )
 }
 
+lanes::multiversion! {
+    fn count(
+        s: &mut Scratch,
+        x: Input<'_>,
+        base: Option<Input<'_>>,
+        start: usize,
+        len: usize,
+        h: &mut [u64],
+        digit: Digit,
+    ) => count_impl
+}
+
 #[inline(always)]
-fn count(
+fn count_impl(
     s: &mut Scratch,
     x: Input<'_>,
     base: Option<Input<'_>>,
     start: usize,
     len: usize,
     h: &mut [u64],
-    digit: &impl Fn(u32) -> Option<usize>,
+    digit: Digit,
 ) {
     s.f.resize(2 * BLOCK, 0.0);
     let mut at = start;
@@ -94,9 +112,19 @@ fn count(
             lanes::decode(bytes(b, at, n), b.dtype, w, &mut s.bits);
             v.iter_mut().zip(w.iter()).for_each(|(a, b)| *a -= b);
         }
-        for a in v.iter() {
-            if let Some(d) = digit(a.to_bits() & 0x7fff_ffff) {
-                h[d] += 1;
+        match digit {
+            Digit::High => {
+                for a in v.iter() {
+                    h[((a.to_bits() & 0x7fff_ffff) >> 16) as usize] += 1;
+                }
+            }
+            Digit::Low(hi) => {
+                for a in v.iter() {
+                    let m = a.to_bits() & 0x7fff_ffff;
+                    if m >> 16 == hi {
+                        h[(m & 0xffff) as usize] += 1;
+                    }
+                }
             }
         }
         at += n;

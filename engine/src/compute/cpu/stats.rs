@@ -17,9 +17,20 @@ pub(super) struct Scratch {
     bits: Vec<u16>,
 }
 
-/// Sums over elements `start..start + len` of (a, b), relative to `base`.
+lanes::multiversion! {
+    /// Sums over elements `start..start + len` of (a, b), relative to `base`.
+    pub(super) fn chunk(
+        s: &mut Scratch,
+        a: Input<'_>,
+        b: Input<'_>,
+        base: Option<Input<'_>>,
+        start: usize,
+        len: usize,
+    ) -> StatSums => chunk_impl
+}
+
 #[inline(always)]
-pub(super) fn chunk(
+fn chunk_impl(
     s: &mut Scratch,
     a: Input<'_>,
     b: Input<'_>,
@@ -47,11 +58,9 @@ pub(super) fn chunk(
                 *v -= w;
             }
         }
-        let whole = n - n % LANES;
-        for (ua, ub) in xa[..whole]
-            .chunks_exact(LANES)
-            .zip(xb[..whole].chunks_exact(LANES))
-        {
+        let (va, vb) = (xa.chunks_exact(LANES), xb.chunks_exact(LANES));
+        let (ta, tb) = (va.remainder(), vb.remainder());
+        for (ua, ub) in va.zip(vb) {
             for l in 0..LANES {
                 let (u, v) = (ua[l], ub[l]);
                 let d = v - u;
@@ -63,17 +72,17 @@ pub(super) fn chunk(
                 sd[l] += d64;
                 let ad = d.abs();
                 // `ad < ∞` is false for NaN and ∞: only finite |d| count.
-                max[l] = if ad < f32::INFINITY && ad > max[l] {
+                max[l] = if (ad < f32::INFINITY) & (ad > max[l]) {
                     ad
                 } else {
                     max[l]
                 };
                 changed[l] += u32::from(u.to_bits() != v.to_bits());
-                bad_a[l] += u32::from(!(u.abs() < f32::INFINITY));
-                bad_b[l] += u32::from(!(v.abs() < f32::INFINITY));
+                bad_a[l] += u32::from(!u.is_finite());
+                bad_b[l] += u32::from(!v.is_finite());
             }
         }
-        for (&u, &v) in xa[whole..].iter().zip(&xb[whole..]) {
+        for (&u, &v) in ta.iter().zip(tb) {
             tail.push(u, v);
         }
         at += n;
