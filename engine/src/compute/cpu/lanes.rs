@@ -98,27 +98,30 @@ pub(super) fn has_avx2() -> bool {
     }
 }
 
-/// Defines `fn NAME(args) -> R` that runs `IMPL(args)` compiled for AVX2
-/// (and FMA) when the CPU has them, else for the build's baseline. `IMPL`
-/// must be `#[inline(always)]` so each copy gets its own code. Rust never
-/// contracts `a * b + c` into an FMA, so both copies give the same bits.
+/// Defines `fn NAME(args) -> R { BODY }` twice, once compiled for AVX2
+/// (and FMA) and once for the build's baseline, and runs the AVX2 copy when
+/// the CPU has it. What BODY calls must be `#[inline(always)]` to land in
+/// each copy. Rust never contracts `a * b + c` into an FMA, so both copies
+/// give the same bits.
 macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $imp:path) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86.
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    $imp($($arg),*)
+                    imp($($arg),*)
                 }
                 if $crate::compute::cpu::lanes::has_avx2() {
                     // SAFETY: the CPU has the features `avx2` is compiled for.
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $imp($($arg),*)
+            imp($($arg),*)
         }
     };
 }

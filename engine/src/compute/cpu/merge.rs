@@ -200,7 +200,9 @@ impl<'a> FastMerge<'a> {
 
 lanes::multiversion! {
     /// [`FastMerge::chunk_impl`], for AVX2 when the CPU has it.
-    pub(super) fn chunk(fast: &FastMerge<'_>, s: &mut Scratch, start: usize, dst: &mut [u8]) => FastMerge::chunk_impl
+    pub(super) fn chunk(fast: &FastMerge<'_>, s: &mut Scratch, start: usize, dst: &mut [u8]) {
+        fast.chunk_impl(s, start, dst)
+    }
 }
 
 /// Elements `start..start + len` of `x`.

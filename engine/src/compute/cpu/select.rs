@@ -80,6 +80,7 @@ fn histogram(x: Input<'_>, base: Option<Input<'_>>, digit: Digit) -> Vec<u64> {
 }
 
 lanes::multiversion! {
+    /// Adds the `digit`s of elements `start..start + len` to `h`.
     fn count(
         s: &mut Scratch,
         x: Input<'_>,
@@ -88,45 +89,34 @@ lanes::multiversion! {
         len: usize,
         h: &mut [u64],
         digit: Digit,
-    ) => count_impl
-}
-
-#[inline(always)]
-fn count_impl(
-    s: &mut Scratch,
-    x: Input<'_>,
-    base: Option<Input<'_>>,
-    start: usize,
-    len: usize,
-    h: &mut [u64],
-    digit: Digit,
-) {
-    s.f.resize(2 * BLOCK, 0.0);
-    let mut at = start;
-    while at < start + len {
-        let n = BLOCK.min(start + len - at);
-        let (v, w) = s.f.split_at_mut(BLOCK);
-        let (v, w) = (&mut v[..n], &mut w[..n]);
-        lanes::decode(bytes(x, at, n), x.dtype, v, &mut s.bits);
-        if let Some(b) = base {
-            lanes::decode(bytes(b, at, n), b.dtype, w, &mut s.bits);
-            v.iter_mut().zip(w.iter()).for_each(|(a, b)| *a -= b);
-        }
-        match digit {
-            Digit::High => {
-                for a in v.iter() {
-                    h[((a.to_bits() & 0x7fff_ffff) >> 16) as usize] += 1;
-                }
+    ) {
+        s.f.resize(2 * BLOCK, 0.0);
+        let mut at = start;
+        while at < start + len {
+            let n = BLOCK.min(start + len - at);
+            let (v, w) = s.f.split_at_mut(BLOCK);
+            let (v, w) = (&mut v[..n], &mut w[..n]);
+            lanes::decode(bytes(x, at, n), x.dtype, v, &mut s.bits);
+            if let Some(b) = base {
+                lanes::decode(bytes(b, at, n), b.dtype, w, &mut s.bits);
+                v.iter_mut().zip(w.iter()).for_each(|(a, b)| *a -= b);
             }
-            Digit::Low(hi) => {
-                for a in v.iter() {
-                    let m = a.to_bits() & 0x7fff_ffff;
-                    if m >> 16 == hi {
-                        h[(m & 0xffff) as usize] += 1;
+            match digit {
+                Digit::High => {
+                    for a in v.iter() {
+                        h[((a.to_bits() & 0x7fff_ffff) >> 16) as usize] += 1;
+                    }
+                }
+                Digit::Low(hi) => {
+                    for a in v.iter() {
+                        let m = a.to_bits() & 0x7fff_ffff;
+                        if m >> 16 == hi {
+                            h[(m & 0xffff) as usize] += 1;
+                        }
                     }
                 }
             }
+            at += n;
         }
-        at += n;
     }
 }
