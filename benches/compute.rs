@@ -2,7 +2,10 @@
 //! data read and written, on Llama-7B shapes. The device is synchronised
 //! before the clock stops (every op reads its results back).
 //!
-//! `cargo bench --bench compute`; `THETA_BENCH_SHAPES=small` for a quick run.
+//! Bench ids are `compute/KERNEL/DEVICE/DTYPE/SHAPE` (inputs and output in
+//! DTYPE). `cargo bench --bench compute`; `THETA_BENCH_SHAPES=small` for a
+//! quick run; `THETA_BENCH_DTYPES=bf16,f32,f16` (default `bf16`) for more
+//! dtypes; a filter such as `-- /cpu/bf16/` picks the rest.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use theta_engine::DType;
@@ -25,108 +28,121 @@ fn shapes() -> Vec<(&'static str, usize)> {
     }
 }
 
-fn data(n: usize, seed: u32) -> Vec<u8> {
+fn dtypes() -> Vec<DType> {
+    let list = std::env::var("THETA_BENCH_DTYPES").unwrap_or_else(|_| "bf16".into());
+    list.split(',')
+        .map(|d| match d.trim() {
+            "f32" => DType::F32,
+            "f16" => DType::F16,
+            "bf16" => DType::BF16,
+            other => panic!("THETA_BENCH_DTYPES: unknown dtype {other}"),
+        })
+        .collect()
+}
+
+fn data(n: usize, seed: u32, dtype: DType) -> Vec<u8> {
     let xs: Vec<f32> = (0..n)
         .map(|i| {
             (theta_engine::compute::ops::mix32(i as u32 ^ seed) as f32 / u32::MAX as f32 - 0.5)
                 * 0.02
         })
         .collect();
-    let mut out = vec![0u8; n * 2];
-    theta_engine::convert::from_f32("b", &xs, &mut out, DType::BF16).expect("encode");
+    let mut out = vec![0u8; n * dtype.size()];
+    theta_engine::convert::from_f32("b", &xs, &mut out, dtype).expect("encode");
     out
 }
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("compute");
     g.sample_size(10);
+    let devices = devices();
     for (shape, n) in shapes() {
-        let models: Vec<Vec<u8>> = (0..3).map(|s| data(n, s)).collect();
-        let base = data(n, 9);
-        let mut out = vec![0u8; n * 2];
-        for dev in devices() {
-            let terms: Vec<Term<'_>> = models
-                .iter()
-                .map(|m| Term {
-                    input: Input::new(DType::BF16, m),
-                    weight: 1.0 / 3.0,
-                    density: 0.5,
-                })
-                .collect();
-            // Bytes moved: three models and the base in, one tensor out.
-            g.throughput(Throughput::Bytes((5 * n * 2) as u64));
-            for (name, sparsify, combine) in [
-                ("task_arithmetic", Sparsify::None, Combine::Linear),
-                ("ties", Sparsify::Magnitude, Combine::Ties),
-                ("dare_ties", Sparsify::Random { seed: 1 }, Combine::Ties),
-            ] {
-                let spec = MergeSpec {
-                    tensor: "w",
-                    terms: &terms,
-                    base: Some(Input::new(DType::BF16, &base)),
-                    sparsify,
-                    combine,
-                    lambda: 1.0,
-                };
+        for dt in dtypes() {
+            let sz = dt.size();
+            let dn = dt.to_string().to_lowercase();
+            let models: Vec<Vec<u8>> = (0..3).map(|s| data(n, s, dt)).collect();
+            let base = data(n, 9, dt);
+            let mut out = vec![0u8; n * sz];
+            for dev in &devices {
+                let terms: Vec<Term<'_>> = models
+                    .iter()
+                    .map(|m| Term {
+                        input: Input::new(dt, m),
+                        weight: 1.0 / 3.0,
+                        density: 0.5,
+                    })
+                    .collect();
+                // Bytes moved: three models and the base in, one tensor out.
+                g.throughput(Throughput::Bytes((5 * n * sz) as u64));
+                for (name, sparsify, combine) in [
+                    ("task_arithmetic", Sparsify::None, Combine::Linear),
+                    ("ties", Sparsify::Magnitude, Combine::Ties),
+                    ("dare_ties", Sparsify::Random { seed: 1 }, Combine::Ties),
+                ] {
+                    let spec = MergeSpec {
+                        tensor: "w",
+                        terms: &terms,
+                        base: Some(Input::new(dt, &base)),
+                        sparsify,
+                        combine,
+                        lambda: 1.0,
+                    };
+                    g.bench_function(
+                        BenchmarkId::new(format!("{name}/{}/{dn}", dev.label()), shape),
+                        |b| b.iter(|| dev.merge(&spec, &mut out, dt).expect("merge")),
+                    );
+                }
+                g.throughput(Throughput::Bytes((2 * n * sz) as u64));
                 g.bench_function(
-                    BenchmarkId::new(format!("{name}/{}", dev.label()), shape),
-                    |b| b.iter(|| dev.merge(&spec, &mut out, DType::BF16).expect("merge")),
+                    BenchmarkId::new(format!("diff_stats/{}/{dn}", dev.label()), shape),
+                    |b| {
+                        b.iter(|| {
+                            dev.diff_stats("w", Input::new(dt, &base), Input::new(dt, &models[0]))
+                                .expect("stats")
+                        })
+                    },
+                );
+                g.throughput(Throughput::Bytes((3 * n * sz) as u64));
+                g.bench_function(
+                    BenchmarkId::new(format!("slerp/{}/{dn}", dev.label()), shape),
+                    |b| {
+                        b.iter(|| {
+                            dev.slerp(
+                                "w",
+                                Input::new(dt, &base),
+                                Input::new(dt, &models[0]),
+                                0.5,
+                                1e-8,
+                                &mut out,
+                                dt,
+                            )
+                            .expect("slerp")
+                        })
+                    },
+                );
+                let (rows, cols, rank) = (n / 4096, 4096, 16);
+                let bm = data(rows * rank, 3, dt);
+                let am = data(rank * cols, 4, dt);
+                g.throughput(Throughput::Bytes((2 * n * sz) as u64));
+                g.bench_function(
+                    BenchmarkId::new(format!("lowrank_r16/{}/{dn}", dev.label()), shape),
+                    |b| {
+                        b.iter(|| {
+                            dev.lowrank(
+                                "w",
+                                Input::new(dt, &base),
+                                Input::new(dt, &bm),
+                                Input::new(dt, &am),
+                                [rows, cols, rank],
+                                2.0,
+                                &mut out,
+                                dt,
+                            )
+                            .expect("lowrank")
+                        })
+                    },
                 );
             }
-            g.throughput(Throughput::Bytes((2 * n * 2) as u64));
-            g.bench_function(
-                BenchmarkId::new(format!("diff_stats/{}", dev.label()), shape),
-                |b| {
-                    b.iter(|| {
-                        dev.diff_stats(
-                            "w",
-                            Input::new(DType::BF16, &base),
-                            Input::new(DType::BF16, &models[0]),
-                        )
-                        .expect("stats")
-                    })
-                },
-            );
-            g.throughput(Throughput::Bytes((3 * n * 2) as u64));
-            g.bench_function(
-                BenchmarkId::new(format!("slerp/{}", dev.label()), shape),
-                |b| {
-                    b.iter(|| {
-                        dev.slerp(
-                            "w",
-                            Input::new(DType::BF16, &base),
-                            Input::new(DType::BF16, &models[0]),
-                            0.5,
-                            1e-8,
-                            &mut out,
-                            DType::BF16,
-                        )
-                        .expect("slerp")
-                    })
-                },
-            );
-            let (rows, cols, rank) = (n / 4096, 4096, 16);
-            let bm = data(rows * rank, 3);
-            let am = data(rank * cols, 4);
-            g.throughput(Throughput::Bytes((2 * n * 2) as u64));
-            g.bench_function(
-                BenchmarkId::new(format!("lowrank_r16/{}", dev.label()), shape),
-                |b| {
-                    b.iter(|| {
-                        dev.lowrank(
-                            "w",
-                            Input::new(DType::BF16, &base),
-                            Input::new(DType::BF16, &bm),
-                            Input::new(DType::BF16, &am),
-                            [rows, cols, rank],
-                            2.0,
-                            &mut out,
-                            DType::BF16,
-                        )
-                        .expect("lowrank")
-                    })
-                },
-            );
         }
     }
     g.finish();

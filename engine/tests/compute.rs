@@ -275,6 +275,55 @@ device_test!(
     }
 );
 
+fn lowrank_bytes(dev: &Device, dt: DType, out_dt: DType, shape: [usize; 3]) -> Vec<u8> {
+    let [rows, cols, rank] = shape;
+    let w = encode(dt, &vals(rows * cols, 1));
+    let b = encode(dt, &vals(rows * rank, 2));
+    let a = encode(dt, &vals(rank * cols, 3));
+    let mut out = vec![0u8; rows * cols * out_dt.size()];
+    dev.lowrank(
+        "t",
+        Input::new(dt, &w),
+        Input::new(dt, &b),
+        Input::new(dt, &a),
+        shape,
+        -0.75,
+        &mut out,
+        out_dt,
+    )
+    .expect("lowrank");
+    out
+}
+
+// Even widths take the GPU's tiled kernel: tiles cut at the matrix's edge
+// (rows not a multiple of 8, columns of 64) and ranks past one 32-deep slice.
+device_test!(
+    lowrank_tiles_every_shape_and_dtype,
+    |d| {
+        let shapes = [
+            [37, 130, 5],
+            [9, 66, 40],
+            [70, 200, 33],
+            [1, 2, 1],
+            [16, 128, 64],
+        ];
+        let dts = [DType::F32, DType::F16, DType::BF16];
+        let mut outs = Vec::new();
+        for (i, shape) in shapes.into_iter().enumerate() {
+            for (j, dt) in dts.into_iter().enumerate() {
+                let out_dt = dts[(i + j) % 3];
+                outs.push((out_dt, lowrank_bytes(&d, dt, out_dt, shape)));
+            }
+        }
+        outs
+    },
+    |cpu, other| {
+        for ((dt, a), (_, b)) in cpu.iter().zip(other.iter()) {
+            same_bits(a, b, *dt);
+        }
+    }
+);
+
 #[test]
 fn averaging_identical_models_and_task_vector_round_trip() {
     for d in devices() {
@@ -365,6 +414,12 @@ fn chunking_and_2d_dispatch_on_small_limits() {
         .expect("stats");
     assert_eq!((s1.changed, s1.n), (s2.changed, s2.n));
     assert!((s1.dot - s2.dot).abs() < 1e-5 * s1.norm_old * s1.norm_new);
+    // 2 MB of W: chunks of rows, each a 2-D grid of tiles (and, odd, of pairs).
+    for shape in [[1000, 500, 20], [1001, 499, 20]] {
+        let a = lowrank_bytes(&Device::Cpu, DType::F32, DType::BF16, shape);
+        let b = lowrank_bytes(&small, DType::F32, DType::BF16, shape);
+        same_bits(&a, &b, DType::BF16);
+    }
 }
 
 #[test]

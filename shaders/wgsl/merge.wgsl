@@ -135,10 +135,5 @@ fn merge(@builtin(workgroup_id) wid: vec3<u32>,
     if (j + 1u < p.len) {
         v1 = merge_one(j + 1u);
     }
-    if (OUT_DT == DT_F32) {
-        out[j] = bitcast<u32>(v0);
-        out[j + 1u] = bitcast<u32>(v1);
-    } else {
-        out[pair] = encode16(v0, OUT_DT) | (encode16(v1, OUT_DT) << 16u);
-    }
+    store_pair(pair, v0, v1);
 }

@@ -1,5 +1,13 @@
-//! The CPU backend: rayon over fixed chunks, each decoded to f32, run
-//! through the scalar references in [`ops`], and encoded back.
+//! The CPU backend: rayon over fixed chunks. Merges the fast loop knows
+//! ([`merge::FastMerge`]), statistics and the trim's selection run as
+//! vectorised block loops over per-thread buffers (`cpu/`); any other merge
+//! decodes each chunk to f32 and runs the scalar reference
+//! [`ops::merge_element`] per element.
+
+mod lanes;
+mod merge;
+mod select;
+mod stats;
 
 use rayon::prelude::*;
 
@@ -14,13 +22,45 @@ const CHUNK: usize = 1 << 14;
 /// The CPU backend.
 pub(crate) struct Cpu;
 
-fn slice<'a>(x: Input<'a>, start: usize, len: usize) -> &'a [u8] {
-    let s = x.dtype.size();
-    &x.bytes[start * s..(start + len) * s]
+fn decode(x: Input<'_>, start: usize, buf: &mut [f32]) {
+    decode_chunk(merge::bytes(x, start, buf.len()), x.dtype, buf);
 }
 
-fn decode(x: Input<'_>, start: usize, buf: &mut [f32]) {
-    decode_chunk(slice(x, start, buf.len()), x.dtype, buf);
+/// The merge through [`ops::merge_element`], element by element: the
+/// fallback for parameters [`merge::FastMerge`] does not handle.
+fn merge_reference(
+    p: &MergeParams,
+    models: &[ModelParams],
+    inputs: &[Input<'_>],
+    base: Option<Input<'_>>,
+    out: &mut [u8],
+    out_dtype: DType,
+) {
+    let m = inputs.len();
+    out.par_chunks_mut(CHUNK * out_dtype.size())
+        .enumerate()
+        .for_each(|(c, dst)| {
+            let start = c * CHUNK;
+            let len = dst.len() / out_dtype.size();
+            let mut xs = vec![0f32; m * len];
+            for (i, x) in inputs.iter().enumerate() {
+                decode(*x, start, &mut xs[i * len..(i + 1) * len]);
+            }
+            let mut b = vec![0f32; if base.is_some() { len } else { 0 }];
+            if let Some(bx) = base {
+                decode(bx, start, &mut b);
+            }
+            let mut res = vec![0f32; len];
+            let mut vals = vec![0f32; m];
+            for (j, r) in res.iter_mut().enumerate() {
+                for (i, v) in vals.iter_mut().enumerate() {
+                    *v = xs[i * len + j];
+                }
+                let bj = b.get(j).copied().unwrap_or(0.0);
+                *r = ops::merge_element(p, models, &vals, bj, (start + j) as u64);
+            }
+            encode_chunk(&res, dst, out_dtype);
+        });
 }
 
 impl Backend for Cpu {
@@ -35,31 +75,15 @@ impl Backend for Cpu {
         out: &mut [u8],
         out_dtype: DType,
     ) -> Result<()> {
-        let m = inputs.len();
-        out.par_chunks_mut(CHUNK * out_dtype.size())
-            .enumerate()
-            .for_each(|(c, dst)| {
-                let start = c * CHUNK;
-                let len = dst.len() / out_dtype.size();
-                let mut xs = vec![0f32; m * len];
-                for (i, x) in inputs.iter().enumerate() {
-                    decode(*x, start, &mut xs[i * len..(i + 1) * len]);
-                }
-                let mut b = vec![0f32; if base.is_some() { len } else { 0 }];
-                if let Some(bx) = base {
-                    decode(bx, start, &mut b);
-                }
-                let mut res = vec![0f32; len];
-                let mut vals = vec![0f32; m];
-                for (j, r) in res.iter_mut().enumerate() {
-                    for (i, v) in vals.iter_mut().enumerate() {
-                        *v = xs[i * len + j];
-                    }
-                    let bj = b.get(j).copied().unwrap_or(0.0);
-                    *r = ops::merge_element(p, models, &vals, bj, (start + j) as u64);
-                }
-                encode_chunk(&res, dst, out_dtype);
-            });
+        if let Some(fast) = merge::FastMerge::new(p, models, inputs, base, out_dtype) {
+            out.par_chunks_mut(CHUNK * out_dtype.size())
+                .enumerate()
+                .for_each_init(merge::Scratch::default, |s, (c, dst)| {
+                    merge::chunk(&fast, s, c * CHUNK, dst)
+                });
+            return Ok(());
+        }
+        merge_reference(p, models, inputs, base, out, out_dtype);
         Ok(())
     }
 
@@ -73,25 +97,10 @@ impl Backend for Cpu {
         let n = a.len();
         let parts: Vec<StatSums> = (0..n.div_ceil(CHUNK))
             .into_par_iter()
-            .map(|c| {
+            .map_init(stats::Scratch::default, |s, c| {
                 let start = c * CHUNK;
                 let len = CHUNK.min(n - start);
-                let (mut xa, mut xb) = (vec![0f32; len], vec![0f32; len]);
-                decode(a, start, &mut xa);
-                decode(b, start, &mut xb);
-                if let Some(bx) = base {
-                    let mut xc = vec![0f32; len];
-                    decode(bx, start, &mut xc);
-                    for ((u, v), w) in xa.iter_mut().zip(xb.iter_mut()).zip(&xc) {
-                        *u -= w;
-                        *v -= w;
-                    }
-                }
-                let mut s = StatSums::default();
-                for (&u, &v) in xa.iter().zip(&xb) {
-                    s.push(u, v);
-                }
-                s
+                stats::chunk(s, a, b, base, start, len)
             })
             .collect();
         let mut total = StatSums::default();
@@ -108,24 +117,7 @@ impl Backend for Cpu {
         base: Option<Input<'_>>,
         k: usize,
     ) -> Result<u32> {
-        let n = x.len();
-        let mut bits = vec![0u32; n];
-        bits.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dst)| {
-            let start = c * CHUNK;
-            let mut v = vec![0f32; dst.len()];
-            decode(x, start, &mut v);
-            if let Some(bx) = base {
-                let mut w = vec![0f32; dst.len()];
-                decode(bx, start, &mut w);
-                v.iter_mut().zip(&w).for_each(|(a, b)| *a -= b);
-            }
-            dst.iter_mut()
-                .zip(&v)
-                .for_each(|(d, a)| *d = a.to_bits() & 0x7fff_ffff);
-        });
-        // Linear-time selection; the k-th largest is at n - k in ascending order.
-        let (_, kth, _) = bits.select_nth_unstable(n - k);
-        Ok(*kth)
+        Ok(select::kth_largest_abs(x, base, k))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -155,5 +147,252 @@ impl Backend for Cpu {
                 encode_chunk(&res, dst, out_dtype);
             });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fast loops against the per-element references, on lengths that
+    //! are not multiples of the block or chunk, unaligned bytes, NaN/Inf/±0
+    //! and every kernel dtype.
+
+    use super::*;
+
+    const LENS: [usize; 6] = [1, 7, 1023, 1025, CHUNK + 3, 2 * CHUNK + 1001];
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| match ops::mix32(i as u32 ^ seed) % 97 {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 => f32::NEG_INFINITY,
+                3 => -0.0,
+                4 => 0.0,
+                5 => 1e-39, // subnormal
+                h => (ops::mix32(h ^ i as u32) as f32 / u32::MAX as f32 - 0.5) * 4.0,
+            })
+            .collect()
+    }
+
+    /// `xs` as `dtype` bytes starting one byte into the buffer (unaligned).
+    fn unaligned(dtype: DType, xs: &[f32]) -> Vec<u8> {
+        let mut out = vec![0u8; xs.len() * dtype.size() + 1];
+        encode_chunk(xs, &mut out[1..], dtype);
+        out
+    }
+
+    /// Same bits, NaN payloads aside (as `docs/compute.md` promises).
+    fn bits_equal(a: &[u8], b: &[u8], dtype: DType, what: &str) {
+        let n = a.len() / dtype.size();
+        let (mut x, mut y) = (vec![0f32; n], vec![0f32; n]);
+        decode_chunk(a, dtype, &mut x);
+        decode_chunk(b, dtype, &mut y);
+        for (i, (u, v)) in x.iter().zip(&y).enumerate() {
+            assert!(
+                u.to_bits() == v.to_bits() || (u.is_nan() && v.is_nan()),
+                "{what}: element {i}: {u} vs {v}"
+            );
+        }
+    }
+
+    #[test]
+    fn fast_merge_matches_the_reference() {
+        let dtypes = [DType::F32, DType::F16, DType::BF16];
+        for (li, &n) in LENS.iter().enumerate() {
+            let dtype = dtypes[li % 3];
+            let out_dtype = dtypes[(li + 1) % 3];
+            let raw: Vec<Vec<u8>> = (0..4).map(|s| unaligned(dtype, &values(n, s))).collect();
+            let inputs: Vec<Input<'_>> = raw[..3]
+                .iter()
+                .map(|b| Input::new(dtype, &b[1..]))
+                .collect();
+            let base_in = Input::new(dtype, &raw[3][1..]);
+            for has_base in [false, true] {
+                let base = has_base.then_some(base_in);
+                for sparsify in [
+                    ops::SPARSIFY_NONE,
+                    ops::SPARSIFY_MAGNITUDE,
+                    ops::SPARSIFY_RANDOM,
+                ] {
+                    for combine in [0, 1, 2, 3] {
+                        let p = MergeParams {
+                            n_models: 3,
+                            has_base: u32::from(has_base),
+                            sparsify,
+                            combine,
+                            lambda: 0.7,
+                            name_hash: ops::name_hash("t"),
+                            seed_lo: 5,
+                            seed_hi: 1,
+                            ..Default::default()
+                        };
+                        let models: Vec<ModelParams> = (0..3)
+                            .map(|i| ModelParams {
+                                weight: [0.5, -0.25, 1.0][i],
+                                threshold_bits: select::kth_largest_abs(
+                                    inputs[i],
+                                    base,
+                                    n.div_ceil(3),
+                                ),
+                                keep_below: [0x4000_0000, u32::MAX / 3 * 2, 0][i],
+                                keep_all: u32::from(i == 2),
+                                scale: [4.0, 1.5, 1.0][i],
+                                upper_bits: [u32::MAX, 0x3f80_0000, u32::MAX][i],
+                                ..Default::default()
+                            })
+                            .collect();
+                        let what = format!(
+                            "n={n} {dtype}->{out_dtype} base={has_base} sparsify={sparsify} combine={combine}"
+                        );
+                        let fast = merge::FastMerge::new(&p, &models, &inputs, base, out_dtype);
+                        assert!(fast.is_some(), "{what}: not on the fast path");
+                        let mut want = vec![0u8; n * out_dtype.size() + 1];
+                        merge_reference(&p, &models, &inputs, base, &mut want[1..], out_dtype);
+                        let mut got = vec![0u8; n * out_dtype.size() + 1];
+                        Cpu.merge("t", &p, &models, &inputs, base, &mut got[1..], out_dtype)
+                            .expect("merge");
+                        bits_equal(&got[1..], &want[1..], out_dtype, &what);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_parameters_take_the_reference_path() {
+        let x = [1.0f32, 2.0];
+        let inputs = [Input::f32(&x)];
+        let model = ModelParams::default();
+        let p = MergeParams {
+            n_models: 1,
+            ..Default::default()
+        };
+        assert!(merge::FastMerge::new(&p, &[model], &inputs, None, DType::F32).is_some());
+        let odd = MergeParams { sparsify: 9, ..p };
+        assert!(merge::FastMerge::new(&odd, &[model], &inputs, None, DType::F32).is_none());
+        let odd = MergeParams { combine: 4, ..p };
+        assert!(merge::FastMerge::new(&odd, &[model], &inputs, None, DType::F32).is_none());
+        let padded = ModelParams {
+            pad: [0, 1],
+            ..model
+        };
+        assert!(merge::FastMerge::new(&p, &[padded], &inputs, None, DType::F32).is_none());
+    }
+
+    #[test]
+    fn fast_stats_match_the_reference() {
+        for &n in &LENS {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let raw: Vec<Vec<u8>> = (0..3)
+                    .map(|s| unaligned(dtype, &values(n, s + 7)))
+                    .collect();
+                let [a, b, c] = [0, 1, 2].map(|i| Input::new(dtype, &raw[i][1..]));
+                // `b` equals `a` on every third element, so `changed` is tested.
+                let mut same = raw[1].clone();
+                let s = dtype.size();
+                for i in (0..n).step_by(3) {
+                    same[1 + i * s..1 + (i + 1) * s]
+                        .copy_from_slice(&raw[0][1 + i * s..1 + (i + 1) * s]);
+                }
+                let b2 = Input::new(dtype, &same[1..]);
+                for (bb, base) in [(b, None), (b2, None), (b, Some(c))] {
+                    let got = Cpu.stats("t", a, bb, base).expect("stats");
+                    let mut want = StatSums::default();
+                    let (mut xa, mut xb, mut xc) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+                    decode(a, 0, &mut xa);
+                    decode(bb, 0, &mut xb);
+                    decode(c, 0, &mut xc);
+                    for i in 0..n {
+                        let w = if base.is_some() { xc[i] } else { 0.0 };
+                        let (u, v) = if base.is_some() {
+                            (xa[i] - w, xb[i] - w)
+                        } else {
+                            (xa[i], xb[i])
+                        };
+                        want.push(u, v);
+                    }
+                    assert_eq!(
+                        (
+                            got.n,
+                            got.changed,
+                            got.nonfinite_a,
+                            got.nonfinite_b,
+                            got.max_abs_d
+                        ),
+                        (
+                            want.n,
+                            want.changed,
+                            want.nonfinite_a,
+                            want.nonfinite_b,
+                            want.max_abs_d
+                        ),
+                        "n={n} {dtype}"
+                    );
+                    for (g, w) in [
+                        (got.a2, want.a2),
+                        (got.b2, want.b2),
+                        (got.d2, want.d2),
+                        (got.dot, want.dot),
+                        (got.sum_d, want.sum_d),
+                    ] {
+                        assert!(
+                            (g.is_nan() && w.is_nan())
+                                || g == w
+                                || (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                            "n={n} {dtype}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+        // Finite inputs: finite sums, so the comparison above is not vacuous.
+        let xs: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5).collect();
+        let ys: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let s = Cpu
+            .stats("t", Input::f32(&xs), Input::f32(&ys), None)
+            .expect("stats");
+        assert_eq!(
+            s.d2,
+            (0..1000).map(|i| (i as f64 * 0.5).powi(2)).sum::<f64>()
+        );
+    }
+
+    #[test]
+    fn radix_select_matches_sorting() {
+        for &n in &LENS {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let mut xs = values(n, 3);
+                // Ties: a run of equal magnitudes of both signs.
+                for (i, x) in xs.iter_mut().enumerate().take(n / 4) {
+                    *x = if i % 2 == 0 { 0.5 } else { -0.5 };
+                }
+                let raw = unaligned(dtype, &xs);
+                let braw = unaligned(dtype, &values(n, 11));
+                let (x, b) = (Input::new(dtype, &raw[1..]), Input::new(dtype, &braw[1..]));
+                for base in [None, Some(b)] {
+                    let mut v = vec![0f32; n];
+                    let mut w = vec![0f32; n];
+                    decode(x, 0, &mut v);
+                    decode(b, 0, &mut w);
+                    let mut mags: Vec<u32> = v
+                        .iter()
+                        .zip(&w)
+                        .map(|(a, c)| {
+                            (if base.is_some() { a - c } else { *a }).to_bits() & 0x7fff_ffff
+                        })
+                        .collect();
+                    mags.sort_unstable_by(|a, b| b.cmp(a));
+                    for k in [1, n.div_ceil(2), n.div_ceil(10), n] {
+                        assert_eq!(
+                            select::kth_largest_abs(x, base, k),
+                            mags[k - 1],
+                            "n={n} {dtype} k={k}"
+                        );
+                    }
+                }
+            }
+        }
+        let zeros = [0f32; 100];
+        assert_eq!(select::kth_largest_abs(Input::f32(&zeros), None, 50), 0);
     }
 }

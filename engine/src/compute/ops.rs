@@ -75,6 +75,7 @@ pub const COMBINE_TIES_SUM: u32 = 2;
 pub const COMBINE_LINEAR_MEAN: u32 = 3;
 
 /// `common.wgsl::mix32`.
+#[inline]
 pub fn mix32(x: u32) -> u32 {
     let mut h = x;
     h ^= h >> 16;

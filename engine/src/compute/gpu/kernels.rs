@@ -29,6 +29,10 @@ fn part<'a>(x: Input<'a>, start: usize, len: usize) -> &'a [u8] {
     &x.bytes[start * s..(start + len) * s]
 }
 
+/// Output tile of `lowrank.wgsl::lowrank_tiled` (`TR` x `TC`).
+const TILE_ROWS: usize = 8;
+const TILE_COLS: usize = 64;
+
 fn groups(tensor: &str, n: usize, per_group: usize) -> Result<u32> {
     u32::try_from(n.div_ceil(per_group))
         .map_err(|_| invalid(tensor, "too many workgroups for one chunk"))
@@ -294,9 +298,11 @@ impl Backend for GpuContext {
     ) -> Result<()> {
         let [rows, cols, rank] = shape;
         let (dt, osz) = (w.dtype, out_dtype.size());
+        // Even rows keep a tile's column pairs inside one output word.
+        let tiled = cols % 2 == 0;
         let pipeline = self.pipeline(
             &LOWRANK,
-            "lowrank",
+            if tiled { "lowrank_tiled" } else { "lowrank" },
             (dtype_code(tensor, dt)?, dtype_code(tensor, out_dtype)?),
         )?;
         let a_bytes = words_bytes(rank * cols, dt);
@@ -347,7 +353,11 @@ impl Backend for GpuContext {
                     (&a_buf, a_bytes),
                     (&output, ob),
                 ],
-                groups(tensor, len.div_ceil(2), WG as usize)?,
+                if tiled {
+                    groups(tensor, nr.div_ceil(TILE_ROWS) * cols.div_ceil(TILE_COLS), 1)?
+                } else {
+                    groups(tensor, len.div_ceil(2), WG as usize)?
+                },
                 ob,
                 |bytes| dst.copy_from_slice(&bytes[..dst.len()]),
             )?;

@@ -1,0 +1,183 @@
+//! Blocks of F32/F16/BF16 bytes to and from f32 slices, by bit operations
+//! on whole slices (the compiler vectorises them), and the runtime choice of
+//! instruction set the chunk loops are compiled for.
+//!
+//! The conversions give exactly the bits of `half` (and of the WGSL
+//! `unpack`/`pack` in `common.wgsl`): BF16 decode is a shift, BF16 encode
+//! rounds to nearest even and quiets NaNs; F16 goes through `half`'s slice
+//! conversions, which use F16C when the CPU has it.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use crate::DType;
+
+/// Elements per inner block: every buffer a chunk loop touches stays in L1.
+pub(super) const BLOCK: usize = 1024;
+
+/// `half::bf16::from_f32`, branch-free so a loop of it vectorises.
+#[inline(always)]
+pub(super) fn bf16_bits(x: f32) -> u16 {
+    let x = x.to_bits();
+    let nan = x & 0x7fff_ffff > 0x7f80_0000;
+    let up = (x & 0x8000 != 0) && (x & 0x17fff != 0);
+    let rounded = (x >> 16) + u32::from(up);
+    (if nan { (x >> 16) | 0x0040 } else { rounded }) as u16
+}
+
+/// Decodes `dst.len()` elements of `dtype` from `src` into `dst`; `tmp`
+/// holds F16 bits when `src` is not 2-byte aligned.
+#[inline(always)]
+pub(super) fn decode(src: &[u8], dtype: DType, dst: &mut [f32], tmp: &mut Vec<u16>) {
+    match dtype {
+        DType::F32 => {
+            for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::BF16 => {
+            for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+            }
+        }
+        DType::F16 => match bytemuck::try_cast_slice::<u8, f16>(src) {
+            Ok(h) => h.convert_to_f32_slice(dst),
+            Err(_) => {
+                tmp.clear();
+                tmp.extend(
+                    src.chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]])),
+                );
+                bytemuck::cast_slice::<u16, f16>(tmp).convert_to_f32_slice(dst);
+            }
+        },
+        // The backends only take the three kernel dtypes (`dtype_code`).
+        _ => dst.fill(f32::NAN),
+    }
+}
+
+/// Encodes `src` into `dst` (elements of `dtype`); `tmp` as in [`decode`].
+#[inline(always)]
+pub(super) fn encode(src: &[f32], dst: &mut [u8], dtype: DType, tmp: &mut Vec<u16>) {
+    match dtype {
+        DType::F32 => {
+            for (d, &x) in dst.chunks_exact_mut(4).zip(src) {
+                d.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (d, &x) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&bf16_bits(x).to_le_bytes());
+            }
+        }
+        DType::F16 => match bytemuck::try_cast_slice_mut::<u8, f16>(dst) {
+            Ok(h) => h.convert_from_f32_slice(src),
+            Err(_) => {
+                tmp.clear();
+                tmp.resize(src.len(), 0);
+                bytemuck::cast_slice_mut::<u16, f16>(tmp).convert_from_f32_slice(src);
+                for (d, &h) in dst.chunks_exact_mut(2).zip(tmp.iter()) {
+                    d.copy_from_slice(&h.to_le_bytes());
+                }
+            }
+        },
+        _ => {}
+    }
+}
+
+/// Whether the CPU has AVX2 and FMA (cached by `std`).
+#[inline(always)]
+pub(super) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `fn NAME(args) -> R { BODY }` twice, once compiled for AVX2
+/// (and FMA) and once for the build's baseline, and runs the AVX2 copy when
+/// the CPU has it. What BODY calls must be `#[inline(always)]` to land in
+/// each copy. Rust never contracts `a * b + c` into an FMA, so both copies
+/// give the same bits.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86.
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                if $crate::compute::cpu::lanes::has_avx2() {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+pub(super) use multiversion;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    #[test]
+    fn bf16_encode_matches_half_on_every_rounding_case() {
+        for hi in 0..=u16::MAX as u32 {
+            for lo in [0, 1, 0x3fff, 0x4000, 0x7fff, 0x8000, 0x8001, 0xc000, 0xffff] {
+                let x = f32::from_bits(hi << 16 | lo);
+                assert_eq!(
+                    bf16_bits(x),
+                    bf16::from_f32(x).to_bits(),
+                    "{:#x}",
+                    x.to_bits()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn decode_encode_match_half_aligned_or_not() {
+        let xs: Vec<f32> = (0..1000u32)
+            .map(|i| f32::from_bits(super::super::super::ops::mix32(i)))
+            .chain([
+                0.0,
+                -0.0,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                f32::NAN,
+                65504.0,
+                1e-8,
+            ])
+            .collect();
+        let mut tmp = Vec::new();
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let s = dtype.size();
+            let mut want = vec![0u8; xs.len() * s];
+            crate::convert::encode_chunk(&xs, &mut want, dtype);
+            // One byte of offset makes the slices unaligned.
+            for off in [0, 1] {
+                let mut buf = vec![0u8; xs.len() * s + 1];
+                encode(&xs, &mut buf[off..off + xs.len() * s], dtype, &mut tmp);
+                assert_eq!(&buf[off..off + xs.len() * s], &want[..], "{dtype} encode");
+                let mut got = vec![0f32; xs.len()];
+                decode(&buf[off..off + xs.len() * s], dtype, &mut got, &mut tmp);
+                let mut back = vec![0f32; xs.len()];
+                crate::convert::decode_chunk(&want, dtype, &mut back);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&back), "{dtype} decode");
+            }
+        }
+    }
+}
