@@ -46,6 +46,8 @@ pub enum Command {
     LsFiles,
     /// Show which tensors of tracked checkpoints are staged or modified.
     Status,
+    /// Show how far each tensor moved between versions (as `git diff`).
+    Diff(commands::diff::Args),
     /// Show the compute device (GPU adapter, limits) commands will use.
     Doctor(commands::doctor::Args),
     /// Long-running filter process git talks to (plumbing).
@@ -60,6 +62,12 @@ pub enum Command {
     /// Single-shot smudge: manifest on stdin, checkpoint on stdout (plumbing).
     #[command(hide = true)]
     Smudge(commands::filter::PathArgs),
+    /// git's external diff command for tracked checkpoints (plumbing).
+    #[command(hide = true)]
+    DiffDriver(commands::diff::DriverArgs),
+    /// git's textconv for tracked checkpoints: a line per tensor (plumbing).
+    #[command(hide = true)]
+    Textconv(commands::diff::TextconvArgs),
 }
 
 /// Runs the command line given by `args` and returns the process exit code.
@@ -85,6 +93,9 @@ where
         Command::Untrack(args) => commands::track::run_untrack(&args),
         Command::LsFiles => commands::track::run_ls_files(),
         Command::Status => commands::status::run(),
+        Command::Diff(args) => commands::diff::run(&args),
+        Command::DiffDriver(args) => commands::diff::run_driver(&args),
+        Command::Textconv(args) => commands::diff::run_textconv(&args),
         Command::FilterProcess => commands::filter::run_process(),
         Command::Clean(args) => commands::filter::run_clean(&args),
         Command::Smudge(args) => commands::filter::run_smudge(&args),

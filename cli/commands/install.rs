@@ -32,17 +32,21 @@ impl Scope {
     }
 }
 
-/// The filter configuration: key and value.
+/// The configuration: key and value. The filter stores checkpoints; the
+/// diff driver (`diff=theta`) makes `git diff` report tensor changes
+/// (`command`), and `git log -p` / `git show` a line per tensor
+/// (`textconv`; they run the command with `--ext-diff`).
 ///
-/// The merge (`merge=theta`) and diff (`diff=theta`) drivers named in
-/// `.gitattributes` are not configured yet: until they exist git merges
-/// manifests as text (checkout then refuses an inconsistent result rather
-/// than writing a wrong file) and diffs them as text.
+/// The merge driver (`merge=theta`) named in `.gitattributes` is not
+/// configured yet: until it exists git merges manifests as text (checkout
+/// then refuses an inconsistent result rather than writing a wrong file).
 pub const SETTINGS: &[(&str, &str)] = &[
     ("filter.theta.process", "git-theta filter-process"),
     ("filter.theta.clean", "git-theta clean %f"),
     ("filter.theta.smudge", "git-theta smudge %f"),
     ("filter.theta.required", "true"),
+    ("diff.theta.command", "git-theta diff-driver"),
+    ("diff.theta.textconv", "git-theta textconv"),
 ];
 
 /// Runs `install`.

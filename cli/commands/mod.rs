@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod diff;
 pub mod doctor;
 pub mod example;
 pub mod filter;

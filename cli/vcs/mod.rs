@@ -6,6 +6,8 @@
 //! - [`store`]: content-addressed objects under `.git/lfs/objects`.
 //! - [`codec`]: how an object encodes its bytes.
 //! - [`compare`]: which tensors differ between two manifests.
+//! - [`diff`] / [`diff_render`] / [`diff_html`]: how far each tensor moved,
+//!   printed for people, `--stat`, JSON and HTML.
 //! - [`clean`] / [`smudge`]: checkpoint → manifest + objects and back.
 //! - [`pktline`] / [`filter`]: git's long-running filter protocol.
 //! - [`transport`] / [`hooks`]: pushing and fetching objects through git-lfs.
@@ -14,6 +16,9 @@
 pub mod clean;
 pub mod codec;
 pub mod compare;
+pub mod diff;
+pub mod diff_html;
+pub mod diff_render;
 pub mod filter;
 pub mod git;
 pub mod hooks;
