@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on built-in example data: builds git-theta, writes a small
 # Llama-shaped example model and inspects it, versions it in a git repository
-# (two commits: the model, then a fine-tune of one layer), and frankenmerges
+# (two commits: the model, then a fine-tune of one layer), diffs the two
+# versions tensor by tensor, and frankenmerges
 # layers of two models.
 # Usage: scripts/demo.sh [DIR]   (default: ./demo)
 set -euo pipefail
@@ -35,6 +36,11 @@ cp "$dir/tuned/model.safetensors" model.safetensors
 git theta status
 git -c user.name=demo -c user.email=demo@example.com commit -q -am "Fine-tune layer 3"
 echo "tensor objects after commit 2: $(lfs_kib) KiB (only layer 3's tensors were added)"
+step "git diff HEAD~1 HEAD: which tensors the fine-tune moved, and how far"
+git --no-pager diff HEAD~1 HEAD
+git theta diff --stat HEAD~1 HEAD
+git theta diff HEAD~1 HEAD --html "$dir/diff.html" >/dev/null
+echo "per-layer chart: $dir/diff.html"
 step "what git stores for the checkpoint: a manifest (first lines)"
 git show HEAD:model.safetensors | head -n 3 | cut -c1-160
 step "check out the first commit again: byte for byte the original"

@@ -65,6 +65,16 @@ pub struct Args {
     pub device: DeviceArgs,
 }
 
+/// The object store, checking hashes unless `THETA_DIFF_VERIFY=0`
+/// (docs/diff.md: what verification costs).
+fn store() -> anyhow::Result<Store> {
+    let store = Store::new(git::lfs_dir()?);
+    Ok(match std::env::var("THETA_DIFF_VERIFY").as_deref() {
+        Ok("0" | "false" | "no") => store.without_hash_check(),
+        _ => store,
+    })
+}
+
 /// One side of a comparison, as git names it.
 #[derive(Clone, Debug)]
 enum Side {
@@ -216,7 +226,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let paths: Vec<String> = args.paths.iter().map(|p| format!("{prefix}{p}")).collect();
     let top = git::toplevel()?;
     std::env::set_current_dir(&top)?;
-    let store = Store::new(git::lfs_dir()?);
+    let store = store()?;
     let device = match args.device.device {
         Some(_) => args.device.device()?,
         None => Device::from_env(None)?.0,
@@ -320,7 +330,7 @@ pub fn run_driver(args: &DriverArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let path = &a[0];
-    let store = Store::new(git::lfs_dir()?);
+    let store = store()?;
     let old = driver_side(path, &a[1], &a[2], &store)?;
     let new = driver_side(path, &a[4], &a[5], &store)?;
     let device = Device::from_env(None)?.0;
@@ -355,7 +365,7 @@ pub struct TextconvArgs {
 /// moved. Contents ids follow the objects, so a tensor stored with another
 /// chunking reads as changed.
 pub fn run_textconv(args: &TextconvArgs) -> anyhow::Result<()> {
-    let store = Store::new(git::lfs_dir()?);
+    let store = store()?;
     let name = args.file.display().to_string();
     let v = file_version(&args.file, &name, &store)?
         .with_context(|| format!("{name} does not exist"))?;
