@@ -74,16 +74,32 @@ printf '%-52s %8s %8s\n' "git theta diff HEAD~1 (working tree hashed, mapped)" "
 printf '%-52s %8s %8s\n' "git diff HEAD~1 HEAD (driver; git rebuilds both files)" "$T_GIT" "$(ratio "$T_GIT" "$T_READ")"
 
 if [ -n "${GT020_VENV:-}" ]; then
-  # git-theta 0.2.0 (Python) on the same two versions, in its own repository.
-  old=$WORK/old.safetensors
-  git show HEAD~1:model.safetensors > /dev/null # (manifest only; rebuild below)
-  git cat-file blob HEAD~1:model.safetensors | git theta smudge model.safetensors > "$old"
-  py=$WORK/py && mkdir -p "$py" && cd "$py"
-  PATH="$GT020_VENV/bin:$PATH"
-  git init -q && git theta install >/dev/null 2>&1 || true
-  git theta track model.safetensors >/dev/null
-  cp "$old" model.safetensors && git add . && git commit -qm v1
-  cp "$repo/model.safetensors" model.safetensors && git add . && git commit -qm v2
-  T_PY=$(best git diff HEAD~1 HEAD)
-  printf '%-52s %8s %8s\n' "git-theta 0.2.0: git diff HEAD~1 HEAD" "$T_PY" "$(ratio "$T_PY" "$T_READ")"
+  # git-theta 0.2.0 (Python; `pip install git-theta==0.2.0 safetensors colorama`
+  # in GT020_VENV) against this one on the same two versions of a smaller F32
+  # model (0.2.0 reads safetensors through numpy, which has no BF16, and its
+  # `git add` takes minutes per 100 MB), each in its own HOME and repository.
+  PY_PARAMS=${PY_PARAMS:-5M}
+  git theta example "$WORK/pa" --params "$PY_PARAMS" --dtype f32 --seed 1 >/dev/null 2>&1
+  git theta example "$WORK/pb" --params "$PY_PARAMS" --dtype f32 --seed 1 --tune . >/dev/null 2>&1
+  two_commits() { # repo-dir tracking-command...
+    mkdir -p "$1" && cd "$1" && git init -q && shift && "$@" >/dev/null 2>&1
+    cp "$WORK/pa/model.safetensors" . && git add . >/dev/null 2>&1 && git commit -qm v1
+    cp "$WORK/pb/model.safetensors" . && git add . >/dev/null 2>&1 && git commit -qm v2
+  }
+  two_commits "$WORK/ours" git theta track model.safetensors
+  T_OURS=$(best git diff HEAD~1 HEAD)
+  (
+    export HOME=$WORK/pyhome PATH="$GT020_VENV/bin:$PATH" GIT_THETA_CHECKPOINT_TYPE=safetensors
+    mkdir -p "$HOME"
+    git config --global user.name bench
+    git config --global user.email bench@example.com
+    git lfs install --skip-repo >/dev/null
+    two_commits "$WORK/theirs" sh -c 'git theta install && git theta track model.safetensors'
+    T_PY=$(best git diff HEAD~1 HEAD)
+    echo
+    printf '%-52s %8s\n' "$PY_PARAMS params F32, every tensor changed" seconds
+    printf '%-52s %8s\n' "git diff HEAD~1 HEAD, this git-theta" "$T_OURS"
+    printf '%-52s %8s\n' "git diff HEAD~1 HEAD, git-theta 0.2.0" "$T_PY"
+    awk -v a="$T_PY" -v b="$T_OURS" 'BEGIN { printf "speed-up: %.0fx\n", a / b }'
+  )
 fi

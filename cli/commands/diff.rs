@@ -12,6 +12,7 @@ use theta_engine::compute::Device;
 
 use crate::commands::doctor::DeviceArgs;
 use crate::commands::filter::{clean_options, options_for};
+use crate::commands::track::theta_filtered;
 use crate::vcs::diff::{self, Order, Version};
 use crate::vcs::diff_render::{self, Palette};
 use crate::vcs::manifest::{FileFormat, Manifest, looks_like_manifest};
@@ -154,26 +155,7 @@ fn changed_paths(old: &Side, new: &Side, paths: &[String]) -> anyhow::Result<Vec
     };
     args.extend(["--name-only".into(), "-z".into(), "--".into()]);
     args.extend(paths.iter().cloned());
-    let out = git::run(&args)?;
-    let mut names: Vec<String> = out
-        .split(|&b| b == 0)
-        .filter(|p| !p.is_empty())
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
-    names.dedup();
-    if names.is_empty() {
-        return Ok(names);
-    }
-    let attrs = git::run_with_input(
-        &["check-attr", "--stdin", "-z", "filter"],
-        Some(names.join("\0").into_bytes()),
-    )?;
-    let fields: Vec<&[u8]> = attrs.split(|&b| b == 0).collect();
-    Ok(fields
-        .chunks_exact(3)
-        .filter(|f| f[2] == b"theta")
-        .map(|f| String::from_utf8_lossy(f[0]).into_owned())
-        .collect())
+    theta_filtered(git::run(&args)?)
 }
 
 /// A revision that names the empty tree when HEAD does not exist yet.

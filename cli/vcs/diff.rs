@@ -621,6 +621,58 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vcs::smudge::NoFetch;
+    use theta_engine::TensorInfo;
+    use theta_engine::safetensors::HeaderPlan;
+
+    /// A checkpoint of `w` (F64 [4]), `n` (I32 [3]) and `e` (F32 [0]).
+    fn checkpoint(w: [f64; 4], n: [i32; 3]) -> Vec<u8> {
+        let tensors = [
+            TensorInfo::new("layers.1.w", DType::F64, [4]),
+            TensorInfo::new("n", DType::I32, [3]),
+            TensorInfo::new("e", DType::F32, [0]),
+        ];
+        let plan = HeaderPlan::new(&tensors, &[]).expect("plan");
+        let mut out = (plan.header_bytes().len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(plan.header_bytes());
+        out.extend(w.iter().flat_map(|x| x.to_le_bytes()));
+        out.extend(n.iter().flat_map(|x| x.to_le_bytes()));
+        out
+    }
+
+    fn stored<'s>(file: &[u8], store: &'s Store) -> Version<'s> {
+        let mut m = Vec::new();
+        clean(&mut &file[..], &mut m, store, &CleanOptions::default()).expect("clean");
+        Version::stored(Manifest::parse(&m).expect("manifest"), store)
+    }
+
+    #[test]
+    fn f64_and_integer_tensors_and_layer_sums() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path().join("lfs"));
+        // 1e-12 is lost in f32 but is still a changed element.
+        let a = stored(&checkpoint([3.0, 4.0, 0.0, 1.0], [1, 2, 3]), &store);
+        let b = stored(&checkpoint([3.0, 4.0, 1.0, 1.0 + 1e-12], [1, 5, 6]), &store);
+        let d = diff("x", Some(&a), Some(&b), &Device::Cpu, Order::Name, &mut NoFetch)
+            .expect("diff");
+        assert_eq!(d.unchanged, 1, "the empty tensor");
+        let w = d.tensors.iter().find(|t| t.name == "layers.1.w").expect("w");
+        let s = w.stats.as_ref().expect("stats");
+        assert_eq!((s.numel, s.changed), (4, 2));
+        let rel = s.relative_change.expect("rel");
+        assert!((rel - 1.0 / 26f64.sqrt()).abs() < 1e-6, "{rel}");
+        let n = d.tensors.iter().find(|t| t.name == "n").expect("n");
+        let s = n.stats.as_ref().expect("stats");
+        assert_eq!((s.changed, s.relative_change), (2, None));
+        assert_eq!(d.layers.len(), 2);
+        assert_eq!(d.layers[0].layer, Some(1));
+        assert_eq!(d.total.modified, 2);
+        assert!((d.total.relative_change.expect("total") - rel).abs() < 1e-9);
+        // The same version on both sides: nothing to list.
+        let same = diff("x", Some(&a), Some(&a), &Device::Cpu, Order::Name, &mut NoFetch)
+            .expect("diff");
+        assert!(same.is_empty());
+    }
 
     #[test]
     fn natural_order() {
