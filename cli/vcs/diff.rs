@@ -10,7 +10,6 @@
 //! read one tensor at a time (through [`smudge::read_tensor`] for stored
 //! ones: no file is rebuilt) and reduced by [`Device::diff_stats`].
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::Path;
@@ -24,7 +23,7 @@ use theta_engine::safetensors::SafetensorsFile;
 
 use super::clean::{CleanOptions, clean};
 use super::manifest::{FileFormat, Manifest, TensorEntry};
-use super::smudge::{self, Fetcher, SmudgeError};
+use super::smudge::{self, Fetcher, Piece, SmudgeError};
 use super::store::{DryRun, Store};
 
 /// Why a diff could not be computed.
@@ -127,24 +126,70 @@ impl<'a> Version<'a> {
         }
     }
 
-    /// The bytes of tensor `t` of this version.
-    fn bytes(&self, t: &TensorEntry) -> Result<Cow<'_, [u8]>, DiffError> {
+    /// The bytes of tensor `t` of this version, mapped, not copied.
+    fn held(&self, t: &TensorEntry) -> Result<Held<'_>, DiffError> {
         match &self.source {
-            Source::Store(store) => Ok(Cow::Owned(smudge::read_tensor(t, store)?)),
-            Source::File(file) => {
-                file.get(&t.name)
-                    .map(|v| Cow::Borrowed(v.data))
-                    .ok_or_else(|| DiffError::File {
-                        path: file.path().display().to_string(),
-                        message: format!("tensor `{}` vanished from the file", t.name),
-                    })
-            }
+            Source::Store(store) => Ok(Held::Pieces(smudge::tensor_pieces(t, store)?)),
+            Source::File(file) => file
+                .get(&t.name)
+                .map(|v| Held::Slice(v.data))
+                .ok_or_else(|| DiffError::File {
+                    path: file.path().display().to_string(),
+                    message: format!("tensor `{}` vanished from the file", t.name),
+                }),
             Source::Opaque => Err(DiffError::File {
                 path: String::new(),
                 message: format!("tensor `{}` of a file that is not a checkpoint", t.name),
             }),
         }
     }
+}
+
+/// A tensor's bytes as one side holds them: stored pieces, or a slice of a
+/// mapped file.
+enum Held<'v> {
+    Pieces(Vec<Piece>),
+    Slice(&'v [u8]),
+}
+
+impl Held<'_> {
+    fn segments(&self) -> Vec<&[u8]> {
+        match self {
+            Held::Pieces(p) => p.iter().map(|p| &p[..]).collect(),
+            Held::Slice(s) => vec![s],
+        }
+    }
+}
+
+/// Bytes reduced in one job: large enough to amortise a kernel launch,
+/// small enough to spread a big tensor over every core.
+const JOB_BYTES: usize = 16 << 20;
+
+/// Cuts two sequences of segments holding the same number of bytes at the
+/// union of their boundaries (and every `max` bytes), so that each pair of
+/// slices covers the same elements. Boundaries are multiples of `elem`
+/// (objects hold whole rows).
+fn aligned<'x>(a: &[&'x [u8]], b: &[&'x [u8]], elem: usize) -> Vec<(&'x [u8], &'x [u8])> {
+    let max = (JOB_BYTES / elem.max(1)).max(1) * elem.max(1);
+    let (mut i, mut j, mut oi, mut oj) = (0, 0, 0, 0);
+    let mut out = Vec::new();
+    while i < a.len() && j < b.len() {
+        let n = (a[i].len() - oi).min(b[j].len() - oj).min(max);
+        if n > 0 {
+            out.push((&a[i][oi..oi + n], &b[j][oj..oj + n]));
+        }
+        oi += n;
+        oj += n;
+        if oi == a[i].len() {
+            i += 1;
+            oi = 0;
+        }
+        if oj == b[j].len() {
+            j += 1;
+            oj = 0;
+        }
+    }
+    out
 }
 
 /// How a tensor differs.
@@ -431,22 +476,50 @@ pub fn diff(
     if let (Some(o), Some(n)) = (old, new) {
         prefetch(o, modified.iter().map(|m| m.0), fetcher)?;
         prefetch(n, modified.iter().map(|m| m.1), fetcher)?;
-        let stats: Vec<Result<TensorDiff, DiffError>> = modified
+        let held = modified
             .par_iter()
             .map(|(a, b)| {
-                let (x, y) = rayon::join(|| o.bytes(a), || n.bytes(b));
-                Ok(TensorDiff {
-                    name: b.name.clone(),
-                    change: Change::Modified,
-                    layer: layer_index(&b.name),
-                    old: Some(Layout::of(a)),
-                    new: Some(Layout::of(b)),
-                    stats: Some(tensor_stats(device, b, &x?, &y?)?),
-                })
+                let (x, y) = rayon::join(|| o.held(a), || n.held(b));
+                Ok((x?, y?))
             })
-            .collect();
-        for s in stats {
-            out.tensors.push(s?);
+            .collect::<Result<Vec<_>, DiffError>>()?;
+        let mut jobs = Vec::new();
+        for (k, ((a, b), (x, y))) in modified.iter().zip(&held).enumerate() {
+            let dtype = dtype_of(b)?;
+            let (sx, sy) = (x.segments(), y.segments());
+            let (lx, ly) = (total(&sx), total(&sy));
+            if lx != ly || lx as u64 != b.size || a.size != b.size {
+                return Err(DiffError::Compute {
+                    tensor: b.name.clone(),
+                    message: format!(
+                        "{lx} bytes before and {ly} after where {} were expected",
+                        b.size
+                    ),
+                });
+            }
+            jobs.extend(
+                aligned(&sx, &sy, dtype.size())
+                    .into_iter()
+                    .map(|(p, q)| (k, dtype, p, q)),
+            );
+        }
+        let parts = jobs
+            .par_iter()
+            .map(|&(k, dtype, p, q)| Ok((k, sums(device, &modified[k].1.name, dtype, p, q)?)))
+            .collect::<Result<Vec<_>, DiffError>>()?;
+        let mut per = vec![Sums::default(); modified.len()];
+        for (k, s) in parts {
+            per[k].add(&s);
+        }
+        for ((a, b), s) in modified.iter().zip(per) {
+            out.tensors.push(TensorDiff {
+                name: b.name.clone(),
+                change: Change::Modified,
+                layer: layer_index(&b.name),
+                old: Some(Layout::of(a)),
+                new: Some(Layout::of(b)),
+                stats: Some(s.stats(Layout::of(b).numel())),
+            });
         }
     }
     sort(&mut out.tensors, order);
@@ -489,82 +562,138 @@ fn prefetch<'t>(
     Ok(smudge::ensure_present(&wanted, store, fetcher)?)
 }
 
-fn tensor_stats(device: &Device, t: &TensorEntry, a: &[u8], b: &[u8]) -> Result<Stats, DiffError> {
-    let compute = |message: String| DiffError::Compute {
-        tensor: t.name.clone(),
-        message,
-    };
-    let dtype: DType = t
-        .dtype
+fn total(segments: &[&[u8]]) -> usize {
+    segments.iter().map(|s| s.len()).sum()
+}
+
+fn dtype_of(t: &TensorEntry) -> Result<DType, DiffError> {
+    t.dtype
         .parse()
-        .map_err(|e: theta_engine::UnknownDType| compute(e.to_string()))?;
-    let numel = (a.len() / dtype.size().max(1)) as u64;
-    if a.len() != b.len() {
-        return Err(compute(format!(
-            "{} bytes before and {} after for the same shape",
-            a.len(),
-            b.len()
-        )));
+        .map_err(|e: theta_engine::UnknownDType| DiffError::Compute {
+            tensor: t.name.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// Sums over part of a tensor, added across parts.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sums {
+    numel: u64,
+    changed: u64,
+    /// Whether the norms below mean anything (float tensors).
+    norms: bool,
+    a2: f64,
+    b2: f64,
+    d2: f64,
+    dot: f64,
+    max: f64,
+}
+
+impl Sums {
+    fn add(&mut self, o: &Sums) {
+        self.numel += o.numel;
+        self.changed += o.changed;
+        self.norms |= o.norms;
+        self.a2 += o.a2;
+        self.b2 += o.b2;
+        self.d2 += o.d2;
+        self.dot += o.dot;
+        self.max = self.max.max(o.max);
     }
-    let frac = |changed: u64| {
-        if numel == 0 {
+
+    fn stats(&self, numel: u64) -> Stats {
+        let changed_fraction = if numel == 0 {
             0.0
         } else {
-            changed as f64 / numel as f64
+            self.changed as f64 / numel as f64
+        };
+        let mut s = Stats {
+            numel,
+            changed: self.changed,
+            changed_fraction,
+            ..Stats::default()
+        };
+        if self.norms {
+            // The same formulas as theta_engine's DiffStats, over all parts.
+            let (na, nb, nd) = (self.a2.sqrt(), self.b2.sqrt(), self.d2.sqrt());
+            s.relative_change = Some(if na > 0.0 {
+                nd / na
+            } else if nd > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            });
+            s.cosine = Some(if na * nb > 0.0 {
+                self.dot / (na * nb)
+            } else {
+                0.0
+            });
+            s.max_abs_diff = Some(self.max);
+            s.norm_diff = Some(nd);
+            s.norm_old = Some(na);
+            s.norm_new = Some(nb);
         }
+        s
+    }
+}
+
+/// Reduces one pair of slices (the same elements, old and new).
+fn sums(
+    device: &Device,
+    tensor: &str,
+    dtype: DType,
+    a: &[u8],
+    b: &[u8],
+) -> Result<Sums, DiffError> {
+    let compute = |message: String| DiffError::Compute {
+        tensor: tensor.to_owned(),
+        message,
     };
-    let s = match dtype {
-        DType::F32 | DType::F16 | DType::BF16 => device
-            .diff_stats(&t.name, Input::new(dtype, a), Input::new(dtype, b))
-            .map_err(|e| compute(e.to_string()))?,
+    let size = dtype.size().max(1);
+    let numel = (a.len() / size) as u64;
+    let from = |d: theta_engine::compute::DiffStats, changed: u64| Sums {
+        numel,
+        changed,
+        norms: true,
+        a2: d.norm_old * d.norm_old,
+        b2: d.norm_new * d.norm_new,
+        d2: d.norm_diff * d.norm_diff,
+        dot: d.dot,
+        max: f64::from(d.max_abs_diff),
+    };
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => {
+            let d = device
+                .diff_stats(tensor, Input::new(dtype, a), Input::new(dtype, b))
+                .map_err(|e| compute(e.to_string()))?;
+            Ok(from(d, d.changed))
+        }
         DType::F64 => {
             // The engine's math is f32: narrow, but count changes on the
             // f64 bits (a change below f32 precision is still a change).
-            let mut changed_f64 = 0u64;
-            for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-                changed_f64 += u64::from(x != y);
-            }
             let (mut x, mut y) = (vec![0f32; numel as usize], vec![0f32; numel as usize]);
-            theta_engine::convert::to_f32(&t.name, a, dtype, &mut x)
-                .and_then(|()| theta_engine::convert::to_f32(&t.name, b, dtype, &mut y))
+            theta_engine::convert::to_f32(tensor, a, dtype, &mut x)
+                .and_then(|()| theta_engine::convert::to_f32(tensor, b, dtype, &mut y))
                 .map_err(|e| compute(e.to_string()))?;
-            let mut s = device
-                .diff_stats(&t.name, Input::f32(&x), Input::f32(&y))
+            let d = device
+                .diff_stats(tensor, Input::f32(&x), Input::f32(&y))
                 .map_err(|e| compute(e.to_string()))?;
-            s.changed = changed_f64;
-            s
+            Ok(from(d, changed_elements(a, b, size)))
         }
-        _ => {
-            let size = dtype.size().max(1);
-            let changed = a
-                .par_chunks(size * 4096)
-                .zip(b.par_chunks(size * 4096))
-                .map(|(x, y)| {
-                    x.chunks_exact(size)
-                        .zip(y.chunks_exact(size))
-                        .filter(|(p, q)| p != q)
-                        .count() as u64
-                })
-                .sum();
-            return Ok(Stats {
-                numel,
-                changed,
-                changed_fraction: frac(changed),
-                ..Stats::default()
-            });
-        }
-    };
-    Ok(Stats {
-        numel,
-        changed: s.changed,
-        changed_fraction: frac(s.changed),
-        relative_change: Some(s.relative_change()),
-        cosine: Some(s.cosine()),
-        max_abs_diff: Some(f64::from(s.max_abs_diff)),
-        norm_diff: Some(s.norm_diff),
-        norm_old: Some(s.norm_old),
-        norm_new: Some(s.norm_new),
-    })
+        _ => Ok(Sums {
+            numel,
+            changed: changed_elements(a, b, size),
+            ..Sums::default()
+        }),
+    }
+}
+
+/// Elements of `size` bytes that differ bitwise.
+fn changed_elements(a: &[u8], b: &[u8], size: usize) -> u64 {
+    a.chunks_exact(size)
+        .zip(b.chunks_exact(size))
+        .filter(|(p, q)| p != q)
+        .count() as u64
 }
 
 fn sort(tensors: &mut [TensorDiff], order: Order) {
@@ -632,7 +761,7 @@ mod tests {
             TensorInfo::new("n", DType::I32, [3]),
             TensorInfo::new("e", DType::F32, [0]),
         ];
-        let plan = HeaderPlan::new(&tensors, &[]).expect("plan");
+        let plan = HeaderPlan::new(&tensors, &Vec::new()).expect("plan");
         let mut out = (plan.header_bytes().len() as u64).to_le_bytes().to_vec();
         out.extend_from_slice(plan.header_bytes());
         out.extend(w.iter().flat_map(|x| x.to_le_bytes()));
@@ -653,10 +782,21 @@ mod tests {
         // 1e-12 is lost in f32 but is still a changed element.
         let a = stored(&checkpoint([3.0, 4.0, 0.0, 1.0], [1, 2, 3]), &store);
         let b = stored(&checkpoint([3.0, 4.0, 1.0, 1.0 + 1e-12], [1, 5, 6]), &store);
-        let d = diff("x", Some(&a), Some(&b), &Device::Cpu, Order::Name, &mut NoFetch)
-            .expect("diff");
+        let d = diff(
+            "x",
+            Some(&a),
+            Some(&b),
+            &Device::Cpu,
+            Order::Name,
+            &mut NoFetch,
+        )
+        .expect("diff");
         assert_eq!(d.unchanged, 1, "the empty tensor");
-        let w = d.tensors.iter().find(|t| t.name == "layers.1.w").expect("w");
+        let w = d
+            .tensors
+            .iter()
+            .find(|t| t.name == "layers.1.w")
+            .expect("w");
         let s = w.stats.as_ref().expect("stats");
         assert_eq!((s.numel, s.changed), (4, 2));
         let rel = s.relative_change.expect("rel");
@@ -669,9 +809,34 @@ mod tests {
         assert_eq!(d.total.modified, 2);
         assert!((d.total.relative_change.expect("total") - rel).abs() < 1e-9);
         // The same version on both sides: nothing to list.
-        let same = diff("x", Some(&a), Some(&a), &Device::Cpu, Order::Name, &mut NoFetch)
-            .expect("diff");
+        let same = diff(
+            "x",
+            Some(&a),
+            Some(&a),
+            &Device::Cpu,
+            Order::Name,
+            &mut NoFetch,
+        )
+        .expect("diff");
         assert!(same.is_empty());
+    }
+
+    #[test]
+    fn segments_are_cut_at_both_sides_boundaries() {
+        let a = [0u8; 24];
+        let b = [1u8; 24];
+        let (sa, sb): (Vec<&[u8]>, Vec<&[u8]>) =
+            (vec![&a[..8], &a[8..24]], vec![&b[..4], &b[4..20], &b[20..]]);
+        let pairs = aligned(&sa, &sb, 4);
+        let lens: Vec<usize> = pairs
+            .iter()
+            .map(|(x, y)| {
+                assert_eq!(x.len(), y.len());
+                x.len()
+            })
+            .collect();
+        assert_eq!(lens, [4, 4, 12, 4]);
+        assert_eq!(pairs.iter().map(|p| p.0.len()).sum::<usize>(), 24);
     }
 
     #[test]

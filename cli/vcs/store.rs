@@ -191,6 +191,47 @@ impl Store {
         }
         Ok(bytes)
     }
+
+    /// Maps object `oid` into memory, checking its size and (unless
+    /// [`Store::without_hash_check`]) its hash: reading without copying,
+    /// for readers that only look at the bytes (`git theta diff`).
+    pub fn map(&self, oid: &str, size: u64) -> Result<memmap2::Mmap, StoreError> {
+        let path = self.path(oid)?;
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(StoreError::Missing {
+                    oid: oid.to_owned(),
+                    path,
+                });
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let len = file.metadata().map_err(io(&path))?.len();
+        if len != size {
+            return Err(StoreError::WrongSize {
+                oid: oid.to_owned(),
+                expected: size,
+                actual: len,
+                path,
+            });
+        }
+        // SAFETY: objects are immutable once renamed into place (they are
+        // named by their hash and never written again); a store damaged
+        // underneath us is caught by the hash check below.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?;
+        if self.verify {
+            let actual = sha256_hex(&map);
+            if actual != oid {
+                return Err(StoreError::Corrupt {
+                    oid: oid.to_owned(),
+                    actual,
+                    path,
+                });
+            }
+        }
+        Ok(map)
+    }
 }
 
 impl ObjectSink for Store {
@@ -231,7 +272,23 @@ mod tests {
         let path = store.path(&oid).expect("path");
         assert!(path.ends_with(format!("objects/{}/{}/{oid}", &oid[..2], &oid[2..4])));
 
+        assert_eq!(&store.map(&oid, data.len() as u64).expect("map")[..], data);
+
         std::fs::write(&path, b"hello tensorz").expect("corrupt it");
+        assert!(matches!(
+            store.map(&oid, data.len() as u64),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let unchecked = store.clone().without_hash_check();
+        assert_eq!(
+            &unchecked.map(&oid, data.len() as u64).expect("map")[..],
+            b"hello tensorz",
+            "sizes only"
+        );
+        assert!(matches!(
+            unchecked.map(&oid, 3),
+            Err(StoreError::WrongSize { .. })
+        ));
         assert!(matches!(
             store.get(&oid, data.len() as u64),
             Err(StoreError::Corrupt { .. })
