@@ -70,10 +70,13 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// A layer as the chart orders it: numbered layers, then the rest.
+type LayerKey = (bool, u64);
+
 /// Relative change per (layer, kind): √Σ‖Δ‖² / √Σ‖old‖² over the modified
 /// tensors of that kind in that layer. Layer `None` (outside layers) last.
-pub fn chart_data(d: &FileDiff) -> BTreeMap<(bool, u64), BTreeMap<&'static str, f64>> {
-    let mut sums: BTreeMap<(bool, u64), BTreeMap<&'static str, (f64, f64)>> = BTreeMap::new();
+pub fn chart_data(d: &FileDiff) -> BTreeMap<LayerKey, BTreeMap<&'static str, f64>> {
+    let mut sums: BTreeMap<LayerKey, BTreeMap<&'static str, (f64, f64)>> = BTreeMap::new();
     for t in &d.tensors {
         let Some(s) = &t.stats else { continue };
         let (Some(nd), Some(no)) = (s.norm_diff, s.norm_old) else {
