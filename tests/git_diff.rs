@@ -609,3 +609,22 @@ fn a_missing_object_is_named_not_a_crash() {
     assert!(!out.status.success());
     assert!(err.contains(&oid), "{err}");
 }
+
+#[test]
+fn install_configures_the_driver_and_uninstall_removes_it() {
+    let s = Sandbox::new();
+    let get = |key: &str| s.run(&s.home, "git", &["config", "--global", "--get", key]);
+    let cmd = get("diff.theta.command");
+    assert_eq!(
+        String::from_utf8_lossy(&cmd.stdout).trim(),
+        "git-theta diff-driver"
+    );
+    let conv = get("diff.theta.textconv");
+    assert_eq!(
+        String::from_utf8_lossy(&conv.stdout).trim(),
+        "git-theta textconv"
+    );
+    s.git(&s.home, &["theta", "uninstall"]);
+    assert!(!get("diff.theta.command").status.success(), "removed");
+    assert!(!get("diff.theta.textconv").status.success(), "removed");
+}
