@@ -37,8 +37,8 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 best() {
   local b="999999 0" t
   for _ in 1 2 3; do
-    t=$( { /usr/bin/time -f '%e %U %S' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -n 1 |
-      awk '{ printf "%.2f %.2f", $1, $2 + $3 }')
+    /usr/bin/time -o "$WORK/time" -f '%e %U %S' "$@" >/dev/null 2>&1
+    t=$(tail -n 1 "$WORK/time" | awk '{ printf "%.2f %.2f", $1, $2 + $3 }')
     b=$(awk -v a="$b" -v t="$t" 'BEGIN { split(a, x, " "); split(t, y, " "); print (y[1] < x[1]) ? t : a }')
   done
   echo "$b"
