@@ -160,35 +160,8 @@ impl Store {
     /// [`Store::without_hash_check`]) its hash.
     pub fn get(&self, oid: &str, size: u64) -> Result<Vec<u8>, StoreError> {
         let path = self.path(oid)?;
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(StoreError::Missing {
-                    oid: oid.to_owned(),
-                    path,
-                });
-            }
-            Err(e) => return Err(io(&path)(e)),
-        };
-        if bytes.len() as u64 != size {
-            return Err(StoreError::WrongSize {
-                oid: oid.to_owned(),
-                expected: size,
-                actual: bytes.len() as u64,
-                path,
-            });
-        }
-        if !self.verify {
-            return Ok(bytes);
-        }
-        let actual = sha256_hex(&bytes);
-        if actual != oid {
-            return Err(StoreError::Corrupt {
-                oid: oid.to_owned(),
-                actual,
-                path,
-            });
-        }
+        let bytes = fs::read(&path).map_err(|e| missing_or_io(oid, &path, e))?;
+        self.check(oid, size, &path, &bytes)?;
         Ok(bytes)
     }
 
@@ -197,40 +170,48 @@ impl Store {
     /// for readers that only look at the bytes (`git theta diff`).
     pub fn map(&self, oid: &str, size: u64) -> Result<memmap2::Mmap, StoreError> {
         let path = self.path(oid)?;
-        let file = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(StoreError::Missing {
-                    oid: oid.to_owned(),
-                    path,
-                });
-            }
-            Err(e) => return Err(io(&path)(e)),
-        };
-        let len = file.metadata().map_err(io(&path))?.len();
-        if len != size {
+        let file = fs::File::open(&path).map_err(|e| missing_or_io(oid, &path, e))?;
+        // SAFETY: objects are immutable once renamed into place (they are
+        // named by their hash and never written again); a store damaged
+        // underneath us is caught by the checks below.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?;
+        self.check(oid, size, &path, &map)?;
+        Ok(map)
+    }
+
+    /// Checks an object's size and, unless disabled, its hash.
+    fn check(&self, oid: &str, size: u64, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        if bytes.len() as u64 != size {
             return Err(StoreError::WrongSize {
                 oid: oid.to_owned(),
                 expected: size,
-                actual: len,
-                path,
+                actual: bytes.len() as u64,
+                path: path.to_path_buf(),
             });
         }
-        // SAFETY: objects are immutable once renamed into place (they are
-        // named by their hash and never written again); a store damaged
-        // underneath us is caught by the hash check below.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?;
         if self.verify {
-            let actual = sha256_hex(&map);
+            let actual = sha256_hex(bytes);
             if actual != oid {
                 return Err(StoreError::Corrupt {
                     oid: oid.to_owned(),
                     actual,
-                    path,
+                    path: path.to_path_buf(),
                 });
             }
         }
-        Ok(map)
+        Ok(())
+    }
+}
+
+/// An error opening object `oid`: missing, or another I/O error.
+fn missing_or_io(oid: &str, path: &Path, error: std::io::Error) -> StoreError {
+    if error.kind() == ErrorKind::NotFound {
+        StoreError::Missing {
+            oid: oid.to_owned(),
+            path: path.to_path_buf(),
+        }
+    } else {
+        io(path)(error)
     }
 }
 
