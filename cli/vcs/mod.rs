@@ -6,7 +6,7 @@
 //! - [`store`]: content-addressed objects under `.git/lfs/objects`.
 //! - [`codec`]: how an object encodes its bytes.
 //! - [`compare`]: which tensors differ between two manifests.
-//! - [`diff`] / [`diff_render`] / [`diff_html`]: how far each tensor moved,
+//! - [`diff`] / [`diff_sums`] / [`diff_render`] / [`diff_html`]: how far each tensor moved,
 //!   printed for people, `--stat`, JSON and HTML.
 //! - [`clean`] / [`smudge`]: checkpoint → manifest + objects and back.
 //! - [`pktline`] / [`filter`]: git's long-running filter protocol.
@@ -19,6 +19,7 @@ pub mod compare;
 pub mod diff;
 pub mod diff_html;
 pub mod diff_render;
+pub mod diff_sums;
 pub mod filter;
 pub mod git;
 pub mod hooks;
