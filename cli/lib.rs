@@ -49,6 +49,8 @@ pub enum Command {
     /// Resolve conflicted checkpoints after `git merge` with a strategy, or
     /// write their base/ours/theirs versions out for manual work.
     Mergetool(commands::merge_driver::ToolArgs),
+    /// Show how far each tensor moved between versions (as `git diff`).
+    Diff(commands::diff::Args),
     /// Show the compute device (GPU adapter, limits) commands will use.
     Doctor(commands::doctor::Args),
     /// Stages files like `git add`, choosing how changed tensors are stored
@@ -74,6 +76,12 @@ pub enum Command {
     /// The merge driver git runs as `git-theta merge-driver %O %A %B %P` (plumbing).
     #[command(hide = true)]
     MergeDriver(commands::merge_driver::DriverArgs),
+    /// git's external diff command for tracked checkpoints (plumbing).
+    #[command(hide = true)]
+    DiffDriver(commands::diff::DriverArgs),
+    /// git's textconv for tracked checkpoints: a line per tensor (plumbing).
+    #[command(hide = true)]
+    Textconv(commands::diff::TextconvArgs),
 }
 
 /// Runs the command line given by `args` and returns the process exit code.
@@ -99,6 +107,9 @@ where
         Command::Untrack(args) => commands::track::run_untrack(&args),
         Command::LsFiles => commands::track::run_ls_files(),
         Command::Status => commands::status::run(),
+        Command::Diff(args) => commands::diff::run(&args),
+        Command::DiffDriver(args) => commands::diff::run_driver(&args),
+        Command::Textconv(args) => commands::diff::run_textconv(&args),
         Command::FilterProcess => commands::filter::run_process(),
         Command::Clean(args) => commands::filter::run_clean(&args),
         Command::Smudge(args) => commands::filter::run_smudge(&args),

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on built-in example data: builds git-theta, writes a small
 # Llama-shaped example model and inspects it, versions it in a git repository
-# (the model, a fine-tune of one layer, then a PEFT LoRA adapter side-loaded
-# as a low-rank update), merges a second fine-tune from another branch with
+# (the model, a fine-tune of one layer, diffed tensor by tensor, then a PEFT
+# LoRA adapter side-loaded as a low-rank update), merges a second fine-tune from another branch with
 # `git merge`, frankenmerges layers of two models and TIES-merges two
 # fine-tunes onto the base.
 # Usage: scripts/demo.sh [DIR]   (default: ./demo)
@@ -37,6 +37,12 @@ cp "$dir/tuned/model.safetensors" model.safetensors
 git theta status
 git -c user.name=demo -c user.email=demo@example.com commit -q -am "Fine-tune layer 3"
 echo "tensor objects after commit 2: $(lfs_kib) KiB (only layer 3's tensors were added)"
+step "git diff HEAD~1 HEAD: which tensors the fine-tune moved, and how far"
+git --no-pager diff HEAD~1 HEAD
+git theta diff --stat HEAD~1 HEAD
+git theta diff HEAD~1 HEAD --html "$dir/diff.html" >/dev/null
+echo "per-layer chart: $dir/diff.html"
+
 step "a LoRA update: a rank-8 PEFT adapter on layer 2's q_proj and v_proj, side-loaded"
 # A PEFT adapter folder as `save_pretrained` writes it (python3, no packages).
 python3 - "$dir/lora" <<'PY'

@@ -32,10 +32,11 @@ impl Scope {
     }
 }
 
-/// The filter and merge-driver configuration: key and value.
-///
-/// The diff driver (`diff=theta`) named in `.gitattributes` is not
-/// configured yet: until it is, git diffs manifests as text.
+/// The configuration: key and value. The filter stores checkpoints; the
+/// merge driver (`merge=theta`) merges them tensor by tensor; the diff driver
+/// (`diff=theta`) makes `git diff` report tensor changes (`command`), and
+/// `git log -p` / `git show` a line per tensor (`textconv`; they run the
+/// command with `--ext-diff`).
 pub const SETTINGS: &[(&str, &str)] = &[
     ("filter.theta.process", "git-theta filter-process"),
     ("filter.theta.clean", "git-theta clean %f"),
@@ -46,6 +47,8 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "git-theta: per-tensor merge of checkpoints",
     ),
     ("merge.theta.driver", "git-theta merge-driver %O %A %B %P"),
+    ("diff.theta.command", "git-theta diff-driver"),
+    ("diff.theta.textconv", "git-theta textconv"),
 ];
 
 /// Runs `install`.

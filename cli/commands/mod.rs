@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod apply_lora;
+pub mod diff;
 pub mod doctor;
 pub mod example;
 pub mod filter;

@@ -110,11 +110,15 @@ pub fn run_untrack(args: &Args) -> anyhow::Result<()> {
 
 /// The files in the index that git-theta handles, in index order.
 pub fn tracked_files() -> anyhow::Result<Vec<String>> {
-    let files = git::run(&["ls-files", "-z"])?;
-    if files.is_empty() {
+    theta_filtered(git::run(&["ls-files", "-z"])?)
+}
+
+/// Of the NUL-separated `paths`, those whose `filter` attribute is `theta`.
+pub fn theta_filtered(paths: Vec<u8>) -> anyhow::Result<Vec<String>> {
+    if paths.is_empty() {
         return Ok(vec![]);
     }
-    let attrs = git::run_with_input(&["check-attr", "--stdin", "-z", "filter"], Some(files))?;
+    let attrs = git::run_with_input(&["check-attr", "--stdin", "-z", "filter"], Some(paths))?;
     let fields: Vec<&[u8]> = attrs.split(|&b| b == 0).collect();
     Ok(fields
         .chunks_exact(3)

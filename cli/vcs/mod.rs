@@ -8,6 +8,8 @@
 //! - [`update`] / [`lowrank`]: update kinds (dense, sparse, low-rank, IA3)
 //!   and [`choose`], which picks one for each changed tensor at `git add`.
 //! - [`compare`]: which tensors differ between two manifests.
+//! - [`diff`] / [`diff_sums`] / [`diff_render`] / [`diff_html`]: how far each tensor moved,
+//!   printed for people, `--stat`, JSON and HTML.
 //! - [`clean`] / [`smudge`]: checkpoint → manifest + objects and back.
 //! - [`pktline`] / [`filter`]: git's long-running filter protocol.
 //! - [`transport`] / [`hooks`]: pushing and fetching objects through git-lfs.
@@ -18,6 +20,10 @@ pub mod choose;
 pub mod clean;
 pub mod codec;
 pub mod compare;
+pub mod diff;
+pub mod diff_html;
+pub mod diff_render;
+pub mod diff_sums;
 pub mod filter;
 pub mod git;
 pub mod hooks;

@@ -276,12 +276,7 @@ impl<'a> Chain<'a> {
             oid: t.objects.first().map(|o| o.oid.clone()).unwrap_or_default(),
             message,
         };
-        let codec = codec::by_name(&t.encoding).ok_or_else(|| {
-            decode_err(format!(
-                "unknown encoding `{}` (written by a newer git-theta?)",
-                t.encoding
-            ))
-        })?;
+        let codec = codec_of(t)?;
         let lengths = raw_lengths(t)?;
         let bad = |m: String| SmudgeError::Inconsistent(format!("tensor `{}`: {m}", t.name));
         let mut dtype = None;
@@ -388,6 +383,75 @@ impl<'a> Chain<'a> {
         }
         Ok(dense)
     }
+}
+
+/// A piece of a tensor's bytes: an object mapped from the store (when its
+/// encoding stores the bytes as they are) or bytes decoded from one.
+pub enum Piece {
+    /// A mapped object whose bytes are the tensor's.
+    Mapped(memmap2::Mmap),
+    /// Decoded bytes.
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Piece {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Piece::Mapped(m) => m,
+            Piece::Owned(v) => v,
+        }
+    }
+}
+
+/// The bytes of tensor `t` as pieces in order, without copying what the
+/// store holds as is: the memory-mapped twin of [`write_tensor`] for readers
+/// that only look at the bytes (`git theta diff`). Objects are verified as
+/// [`Store::map`] says.
+pub fn tensor_pieces(t: &TensorEntry, store: &Store) -> Result<Vec<Piece>, SmudgeError> {
+    if !t.base.is_empty() || t.update != DENSE {
+        // An update chain: each chunk is rebuilt, not read as it is stored.
+        let mut chain = Chain::new(t, store)?;
+        return (0..chain.lengths.len())
+            .map(|i| chain.chunk(i).map(Piece::Owned))
+            .collect();
+    }
+    let codec = codec_of(t)?;
+    let mut out = Vec::with_capacity(t.objects.len());
+    for (o, raw_len) in t.objects.iter().zip(raw_lengths(t)?) {
+        let map = store
+            .map(&o.oid, o.size)
+            .map_err(|source| SmudgeError::Object {
+                tensor: Some(t.name.clone()),
+                source,
+            })?;
+        let decode_err = |message| SmudgeError::Decode {
+            tensor: Some(t.name.clone()),
+            oid: o.oid.clone(),
+            message,
+        };
+        let piece = match codec.decode(&map, raw_len).map_err(decode_err)? {
+            std::borrow::Cow::Borrowed(b) if b.len() == map.len() => None,
+            other => Some(other.into_owned()),
+        };
+        out.push(match piece {
+            None => Piece::Mapped(map),
+            Some(v) => Piece::Owned(v),
+        });
+    }
+    Ok(out)
+}
+
+fn codec_of(t: &TensorEntry) -> Result<&'static dyn codec::Codec, SmudgeError> {
+    codec::by_name(&t.encoding).ok_or_else(|| SmudgeError::Decode {
+        tensor: Some(t.name.clone()),
+        oid: t.objects.first().map(|o| o.oid.clone()).unwrap_or_default(),
+        message: format!(
+            "unknown encoding `{}` (written by a newer git-theta?)",
+            t.encoding
+        ),
+    })
 }
 
 /// The bytes of tensor `t`, rebuilt from its objects in `store`.

@@ -113,6 +113,7 @@ impl ObjectSink for DryRun {
 #[derive(Clone, Debug)]
 pub struct Store {
     lfs_dir: PathBuf,
+    verify: bool,
 }
 
 impl Store {
@@ -120,7 +121,16 @@ impl Store {
     pub fn new(lfs_dir: impl Into<PathBuf>) -> Store {
         Store {
             lfs_dir: lfs_dir.into(),
+            verify: true,
         }
+    }
+
+    /// The same store, with [`Store::get`] checking sizes but not hashes:
+    /// for read-only reports (`git theta diff` with `THETA_DIFF_VERIFY=0`)
+    /// that trade the integrity check for speed. Never used to rebuild files.
+    pub fn without_hash_check(mut self) -> Store {
+        self.verify = false;
+        self
     }
 
     /// The LFS storage folder.
@@ -146,36 +156,62 @@ impl Store {
         self.path(oid).map(|p| p.is_file()).unwrap_or(false)
     }
 
-    /// Reads object `oid`, checking its size and hash.
+    /// Reads object `oid`, checking its size and (unless
+    /// [`Store::without_hash_check`]) its hash.
     pub fn get(&self, oid: &str, size: u64) -> Result<Vec<u8>, StoreError> {
         let path = self.path(oid)?;
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(StoreError::Missing {
-                    oid: oid.to_owned(),
-                    path,
-                });
-            }
-            Err(e) => return Err(io(&path)(e)),
-        };
+        let bytes = fs::read(&path).map_err(|e| missing_or_io(oid, &path, e))?;
+        self.check(oid, size, &path, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Maps object `oid` into memory, checking its size and (unless
+    /// [`Store::without_hash_check`]) its hash: reading without copying,
+    /// for readers that only look at the bytes (`git theta diff`).
+    pub fn map(&self, oid: &str, size: u64) -> Result<memmap2::Mmap, StoreError> {
+        let path = self.path(oid)?;
+        let file = fs::File::open(&path).map_err(|e| missing_or_io(oid, &path, e))?;
+        // SAFETY: objects are immutable once renamed into place (they are
+        // named by their hash and never written again); a store damaged
+        // underneath us is caught by the checks below.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?;
+        self.check(oid, size, &path, &map)?;
+        Ok(map)
+    }
+
+    /// Checks an object's size and, unless disabled, its hash.
+    fn check(&self, oid: &str, size: u64, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         if bytes.len() as u64 != size {
             return Err(StoreError::WrongSize {
                 oid: oid.to_owned(),
                 expected: size,
                 actual: bytes.len() as u64,
-                path,
+                path: path.to_path_buf(),
             });
         }
-        let actual = sha256_hex(&bytes);
-        if actual != oid {
-            return Err(StoreError::Corrupt {
-                oid: oid.to_owned(),
-                actual,
-                path,
-            });
+        if self.verify {
+            let actual = sha256_hex(bytes);
+            if actual != oid {
+                return Err(StoreError::Corrupt {
+                    oid: oid.to_owned(),
+                    actual,
+                    path: path.to_path_buf(),
+                });
+            }
         }
-        Ok(bytes)
+        Ok(())
+    }
+}
+
+/// An error opening object `oid`: missing, or another I/O error.
+fn missing_or_io(oid: &str, path: &Path, error: std::io::Error) -> StoreError {
+    if error.kind() == ErrorKind::NotFound {
+        StoreError::Missing {
+            oid: oid.to_owned(),
+            path: path.to_path_buf(),
+        }
+    } else {
+        io(path)(error)
     }
 }
 
@@ -217,7 +253,23 @@ mod tests {
         let path = store.path(&oid).expect("path");
         assert!(path.ends_with(format!("objects/{}/{}/{oid}", &oid[..2], &oid[2..4])));
 
+        assert_eq!(&store.map(&oid, data.len() as u64).expect("map")[..], data);
+
         std::fs::write(&path, b"hello tensorz").expect("corrupt it");
+        assert!(matches!(
+            store.map(&oid, data.len() as u64),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let unchecked = store.clone().without_hash_check();
+        assert_eq!(
+            &unchecked.map(&oid, data.len() as u64).expect("map")[..],
+            b"hello tensorz",
+            "sizes only"
+        );
+        assert!(matches!(
+            unchecked.map(&oid, 3),
+            Err(StoreError::WrongSize { .. })
+        ));
         assert!(matches!(
             store.get(&oid, data.len() as u64),
             Err(StoreError::Corrupt { .. })
