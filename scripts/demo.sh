@@ -80,7 +80,7 @@ git status --short
 
 step "git merge: a second fine-tune on another branch, merged tensor by tensor"
 git theta example "$dir/tuned2" --seed 0 --tune layers.1. --tune layers.3.mlp.up_proj --tune-seed 2
-git switch -q -c other HEAD~1
+git switch -q -c other HEAD~2
 cp "$dir/tuned2/model.safetensors" model.safetensors
 git -c user.name=demo -c user.email=demo@example.com commit -q -am "Fine-tune layer 1 and layer 3's up_proj"
 git switch -q -
