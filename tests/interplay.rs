@@ -276,4 +276,37 @@ fn merging_sparse_chains_averages_and_clones_check_out_every_commit() {
         &shas.last().expect("tip").1
     );
     checkout_all(&s, &clone, &shas);
+
+    // Fresh clones of `theirs` have none of ours' chain objects: diffing
+    // (in one) and merging (in another) ours fetch them.
+    let fresh = |name: &str| {
+        s.git(s.tmp.path(), &["clone", "-q", "-b", "theirs", &url, name]);
+        let dir = s.tmp.path().join(name);
+        let n = common::objects(&dir).len();
+        (dir, n)
+    };
+    let (ours2, merge) = (&shas[3].0, &shas[4].0);
+    let (clone2, before) = fresh("clone2");
+    let base_file = s.tmp.path().join("base.safetensors");
+    write_f32(&base_file, &base);
+    let ours_file = s.tmp.path().join("ours.safetensors");
+    write_f32(&ours_file, &ours);
+    let revs = [shas[0].0.as_str(), ours2.as_str()];
+    check_diff(&s, &clone2, revs, [&base_file, &ours_file], &[U, V]);
+    assert!(common::objects(&clone2).len() > before, "diff fetched");
+    let (clone3, before) = fresh("clone3");
+    let out = s.run(&clone3, "git", &["merge", "--no-edit", ours2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(common::objects(&clone3).len() > before, "merge fetched");
+    let merged_sha = &shas.iter().find(|(r, _)| r == merge).expect("merge").1;
+    assert_eq!(
+        &sha256_file(&clone3.join(FILE)),
+        merged_sha,
+        "the same merge"
+    );
+    clean(&s, &clone3);
 }
