@@ -72,10 +72,10 @@ fn close(got: &Value, want: f64, rel: f64, what: &str) {
 /// `git theta diff --json old new` and `git diff old new` (the driver)
 /// report exactly the tensors `names` as modified, with the statistics
 /// computed from the files `old_file` and `new_file`.
-fn check_diff(s: &Sandbox, repo: &Path, revs: [&str; 2], files: [&Path; 2], names: &[&str]) {
-    let doc: Value =
-        serde_json::from_str(&s.git(repo, &["theta", "diff", "--json", revs[0], revs[1]]))
-            .expect("JSON");
+/// No `revs`: the working tree against the index.
+fn check_diff(s: &Sandbox, repo: &Path, revs: &[&str], files: [&Path; 2], names: &[&str]) {
+    let json = [&["theta", "diff", "--json"], revs].concat();
+    let doc: Value = serde_json::from_str(&s.git(repo, &json)).expect("JSON");
     let file = &doc["files"][0];
     assert_eq!(file["path"], FILE);
     let tensors = file["tensors"].as_array().expect("tensors");
@@ -87,7 +87,7 @@ fn check_diff(s: &Sandbox, repo: &Path, revs: [&str; 2], files: [&Path; 2], name
     let mut want_names = names.to_vec();
     want_names.sort_unstable();
     assert_eq!(listed, want_names, "{revs:?}: {doc}");
-    let text = s.git(repo, &["diff", revs[0], revs[1]]);
+    let text = s.git(repo, &[&["diff"], revs].concat());
     for name in names {
         let want = diff_stats(&read_f32(files[0], name), &read_f32(files[1], name));
         let what = format!("{revs:?} {name}");
@@ -165,10 +165,24 @@ fn diffs_across_sparse_and_low_rank_updates_report_the_files_statistics() {
     let v3 = snapshot(&s, &repo, "v3");
     assert_ne!(read_f32(&v3, Q), read_f32(&v2, Q), "the adapter applied");
 
-    check_diff(&s, &repo, ["HEAD~2", "HEAD~1"], [&v1, &v2], &[U]);
-    check_diff(&s, &repo, ["HEAD~1", "HEAD"], [&v2, &v3], &[Q]);
-    check_diff(&s, &repo, ["HEAD~2", "HEAD"], [&v1, &v3], &[Q, U]);
-    check_diff(&s, &repo, ["HEAD", "HEAD~2"], [&v3, &v1], &[Q, U]);
+    check_diff(&s, &repo, &["HEAD~2", "HEAD~1"], [&v1, &v2], &[U]);
+    check_diff(&s, &repo, &["HEAD~1", "HEAD"], [&v2, &v3], &[Q]);
+    check_diff(&s, &repo, &["HEAD~2", "HEAD"], [&v1, &v3], &[Q, U]);
+    check_diff(&s, &repo, &["HEAD", "HEAD~2"], [&v3, &v1], &[Q, U]);
+
+    // The working tree against an index whose entries are chains.
+    nudge(&mut m, U, -0.5, |i| i % 31 == 0);
+    let mut now = model();
+    now.retain(|t| t.0 != Q && t.0 != U);
+    now.push((Q, vec![64, 64], read_f32(&v3, Q)));
+    now.push((
+        U,
+        vec![128, 64],
+        m.iter().find(|t| t.0 == U).expect("U").2.clone(),
+    ));
+    write_f32(&repo.join(FILE), &now);
+    let v4 = snapshot(&s, &repo, "v4");
+    check_diff(&s, &repo, &[], [&v3, &v4], &[U]);
 }
 
 /// Checks out every `(rev, sha)` in `repo` and compares the checkpoint.
@@ -292,7 +306,7 @@ fn merging_sparse_chains_averages_and_clones_check_out_every_commit() {
     let ours_file = s.tmp.path().join("ours.safetensors");
     write_f32(&ours_file, &ours);
     let revs = [shas[0].0.as_str(), ours2.as_str()];
-    check_diff(&s, &clone2, revs, [&base_file, &ours_file], &[U, V]);
+    check_diff(&s, &clone2, &revs, [&base_file, &ours_file], &[U, V]);
     assert!(common::objects(&clone2).len() > before, "diff fetched");
     let (clone3, before) = fresh("clone3");
     let out = s.run(&clone3, "git", &["merge", "--no-edit", ours2]);
@@ -309,4 +323,69 @@ fn merging_sparse_chains_averages_and_clones_check_out_every_commit() {
         "the same merge"
     );
     clean(&s, &clone3);
+}
+
+#[test]
+fn a_dense_side_merges_with_a_sparse_chain() {
+    let s = Sandbox::new();
+    let repo = s.repo("repo");
+    std::fs::create_dir_all(repo.join("m")).expect("mkdir");
+    let base = model();
+    write_f32(&repo.join(FILE), &base);
+    s.git(&repo, &["add", "."]);
+    s.git(&repo, &["commit", "-qm", "base"]);
+    // theirs rescales all of up_proj: a dense snapshot.
+    s.git(&repo, &["switch", "-qc", "theirs"]);
+    let mut theirs = base.clone();
+    let t = theirs.iter_mut().find(|t| t.0 == U).expect("U");
+    t.2.iter_mut().for_each(|x| *x *= 1.5);
+    write_f32(&repo.join(FILE), &theirs);
+    s.git(&repo, &["commit", "-qam", "theirs"]);
+    assert_eq!(update_of(&s, &repo, "HEAD", U), ("dense".into(), 0));
+    // ours: a sparse chain of two.
+    s.git(&repo, &["switch", "-qc", "ours", "main"]);
+    let mut ours = base.clone();
+    for (round, delta) in [(3, 0.25f32), (4, -0.75)] {
+        nudge(&mut ours, U, delta, |i| i % 40 == round);
+        write_f32(&repo.join(FILE), &ours);
+        s.git(&repo, &["commit", "-qam", "ours"]);
+    }
+    assert_eq!(update_of(&s, &repo, "HEAD", U), ("sparse".into(), 2));
+    let out = s
+        .cmd(&repo, "git", &["merge", "--no-edit", "theirs"])
+        .env("THETA_MERGE_STRATEGY", "task_arithmetic")
+        .env("THETA_MERGE_PARAMS", "lambda=1")
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    clean(&s, &repo);
+    let get = |m: &Model| m.iter().find(|t| t.0 == U).expect("U").2.clone();
+    let (b, o, th) = (get(&base), get(&ours), get(&theirs));
+    let got = read_f32(&repo.join(FILE), U);
+    for i in 0..b.len() {
+        let want = b[i] + ((o[i] - b[i]) + (th[i] - b[i]));
+        assert!(
+            (got[i] - want).abs() <= 1e-6 + 1e-6 * want.abs(),
+            "{U}[{i}]: {} vs {want}",
+            got[i]
+        );
+    }
+    let merged = sha256_file(&repo.join(FILE));
+    // A sparse update over the merge, then back and forth.
+    let mut top = ours.clone();
+    top.iter_mut().find(|t| t.0 == U).expect("U").2 = got;
+    nudge(&mut top, U, 2.0, |i| i == 77);
+    write_f32(&repo.join(FILE), &top);
+    s.git(&repo, &["commit", "-qam", "top"]);
+    assert_eq!(update_of(&s, &repo, "HEAD", U).0, "sparse");
+    let tip = sha256_file(&repo.join(FILE));
+    s.git(&repo, &["checkout", "-q", "HEAD~1"]);
+    assert_eq!(sha256_file(&repo.join(FILE)), merged);
+    s.git(&repo, &["checkout", "-q", "ours"]);
+    assert_eq!(sha256_file(&repo.join(FILE)), tip);
+    clean(&s, &repo);
 }
