@@ -33,6 +33,17 @@ fn model() -> Model {
     ]
 }
 
+/// A repository with [`model`] committed on `main`.
+fn committed(s: &Sandbox) -> (PathBuf, Model) {
+    let repo = s.repo("repo");
+    std::fs::create_dir_all(repo.join("m")).expect("mkdir");
+    let base = model();
+    write_f32(&repo.join(FILE), &base);
+    s.git(&repo, &["add", "."]);
+    s.git(&repo, &["commit", "-qm", "base"]);
+    (repo, base)
+}
+
 /// Adds `delta` to the elements `i` of tensor `name` where `pick(i)`.
 fn nudge(m: &mut Model, name: &str, delta: f32, pick: impl Fn(usize) -> bool) {
     let t = m.iter_mut().find(|t| t.0 == name).expect("tensor");
@@ -124,12 +135,7 @@ fn check_diff(s: &Sandbox, repo: &Path, revs: &[&str], files: [&Path; 2], names:
 #[test]
 fn diffs_across_sparse_and_low_rank_updates_report_the_files_statistics() {
     let s = Sandbox::new();
-    let repo = s.repo("repo");
-    std::fs::create_dir_all(repo.join("m")).expect("mkdir");
-    let mut m = model();
-    write_f32(&repo.join(FILE), &m);
-    s.git(&repo, &["add", "."]);
-    s.git(&repo, &["commit", "-qm", "v1"]);
+    let (repo, mut m) = committed(&s);
     let v1 = snapshot(&s, &repo, "v1");
 
     // ~1% of up_proj changes: a sparse update.
@@ -197,12 +203,7 @@ fn checkout_all(s: &Sandbox, repo: &Path, shas: &[(String, String)]) {
 #[test]
 fn merging_sparse_chains_averages_and_clones_check_out_every_commit() {
     let s = Sandbox::new();
-    let repo = s.repo("repo");
-    std::fs::create_dir_all(repo.join("m")).expect("mkdir");
-    let base = model();
-    write_f32(&repo.join(FILE), &base);
-    s.git(&repo, &["add", "."]);
-    s.git(&repo, &["commit", "-qm", "base"]);
+    let (repo, base) = committed(&s);
     let mut shas = vec![];
     let mut record = |s: &Sandbox, repo: &Path| {
         let rev = s.git(repo, &["rev-parse", "HEAD"]).trim().to_owned();
@@ -328,12 +329,7 @@ fn merging_sparse_chains_averages_and_clones_check_out_every_commit() {
 #[test]
 fn a_dense_side_merges_with_a_sparse_chain() {
     let s = Sandbox::new();
-    let repo = s.repo("repo");
-    std::fs::create_dir_all(repo.join("m")).expect("mkdir");
-    let base = model();
-    write_f32(&repo.join(FILE), &base);
-    s.git(&repo, &["add", "."]);
-    s.git(&repo, &["commit", "-qm", "base"]);
+    let (repo, base) = committed(&s);
     // theirs rescales all of up_proj: a dense snapshot.
     s.git(&repo, &["switch", "-qc", "theirs"]);
     let mut theirs = base.clone();
