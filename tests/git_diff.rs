@@ -141,41 +141,20 @@ fn modified() -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     (q, u, l)
 }
 
-/// Statistics computed here: rel.change, cosine, max|Δ|, changed fraction, ‖Δ‖.
-fn expected(a: &[f32], b: &[f32]) -> [f64; 5] {
-    let (mut aa, mut bb, mut ab, mut dd, mut mx, mut ch) = (0f64, 0f64, 0f64, 0f64, 0f64, 0usize);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        aa += x * x;
-        bb += y * y;
-        ab += x * y;
-        dd += (y - x) * (y - x);
-        mx = mx.max((y - x).abs());
-        ch += usize::from(x != y);
-    }
-    [
-        dd.sqrt() / aa.sqrt(),
-        ab / (aa.sqrt() * bb.sqrt()),
-        mx,
-        ch as f64 / a.len() as f64,
-        dd.sqrt(),
-    ]
-}
-
 fn expectations() -> Vec<(&'static str, [f64; 5])> {
     let (q, u, l) = modified();
     vec![
         (
             "model.layers.0.self_attn.q_proj.weight",
-            expected(&ramp(256, 1.0), &q),
+            common::diff_stats(&ramp(256, 1.0), &q),
         ),
         (
             "model.layers.0.mlp.up_proj.weight",
-            expected(&ramp(512 * 16, 2.0), &u),
+            common::diff_stats(&ramp(512 * 16, 2.0), &u),
         ),
         (
             "model.layers.1.input_layernorm.weight",
-            expected(&[1.0; 16], &l),
+            common::diff_stats(&[1.0; 16], &l),
         ),
     ]
 }
@@ -560,7 +539,7 @@ fn sharded_folders_diff_per_shard() {
         "{stat}"
     );
     assert!(!stat.contains("00001"), "{stat}");
-    let want = expected(&ramp(512, 1.0), &ramp(512, 1.5));
+    let want = common::diff_stats(&ramp(512, 1.0), &ramp(512, 1.5));
     let out = s.git(&repo, &["diff", "HEAD~1", "HEAD"]);
     let line = out
         .lines()

@@ -5,9 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{Sandbox, sha256_file};
-use theta_engine::safetensors::{HeaderPlan, SafetensorsFile};
-use theta_engine::{DType, TensorInfo};
+use common::{Sandbox, sha256_file, write_f32};
+use theta_engine::safetensors::SafetensorsFile;
 
 const Q0: &str = "model.layers.0.self_attn.q_proj.weight";
 
@@ -33,17 +32,9 @@ fn edit(path: &Path, name: &str, round: u8, pick: impl Fn(usize) -> bool) -> usi
     changed
 }
 
-/// The manifest line of tensor `name` in `rev:path`.
+/// The manifest line of tensor `name` in `rev:m/model.safetensors`.
 fn entry(s: &Sandbox, repo: &Path, rev: &str, name: &str) -> serde_json::Value {
-    let text = s.git(
-        repo,
-        &["cat-file", "blob", &format!("{rev}:m/model.safetensors")],
-    );
-    let line = text
-        .lines()
-        .find(|l| l.contains(&format!("\"name\":\"{name}\"")))
-        .expect("tensor line");
-    serde_json::from_str(line).expect("json")
+    common::manifest_entry(s, repo, &format!("{rev}:m/model.safetensors"), name)
 }
 
 fn update_of(s: &Sandbox, repo: &Path, rev: &str, name: &str) -> (String, usize) {
@@ -232,25 +223,6 @@ fn forced_kinds_and_a_new_tensor_given_a_sparse_update() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("needs --update-data"));
     s.git(&repo, &["commit", "-qm", "v2"]);
     clean(&s, &repo);
-}
-
-/// Writes an F32 safetensors file of `tensors` (name, shape, values).
-fn write_f32(path: &Path, tensors: &[(&str, Vec<u64>, Vec<f32>)]) {
-    let infos: Vec<TensorInfo> = tensors
-        .iter()
-        .map(|(n, s, _)| TensorInfo::new(*n, DType::F32, s.clone()))
-        .collect();
-    let plan = HeaderPlan::new(&infos, &vec![]).expect("plan");
-    let mut out = (plan.header_bytes().len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(plan.header_bytes());
-    // The plan orders tensors by name; write them in its order.
-    for info in plan.tensors() {
-        let (_, _, v) = tensors.iter().find(|t| t.0 == info.name).expect("tensor");
-        for x in v {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    std::fs::write(path, out).expect("write");
 }
 
 fn values(n: usize, seed: u32) -> Vec<f32> {

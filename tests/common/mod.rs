@@ -160,3 +160,60 @@ pub fn tensor_range(path: &Path, name: &str) -> std::ops::Range<usize> {
     let start = 8 + file.header_bytes().len();
     start + e.begin as usize..start + e.end as usize
 }
+
+/// Writes an F32 safetensors file of `tensors` (name, shape, values).
+pub fn write_f32(path: &Path, tensors: &[(&str, Vec<u64>, Vec<f32>)]) {
+    use theta_engine::{DType, TensorInfo, safetensors::HeaderPlan};
+    let infos: Vec<TensorInfo> = tensors
+        .iter()
+        .map(|(n, s, _)| TensorInfo::new(*n, DType::F32, s.clone()))
+        .collect();
+    let plan = HeaderPlan::new(&infos, &vec![]).expect("plan");
+    let mut out = (plan.header_bytes().len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(plan.header_bytes());
+    // The plan orders tensors by name; write them in its order.
+    for info in plan.tensors() {
+        let (_, _, v) = tensors.iter().find(|t| t.0 == info.name).expect("tensor");
+        for x in v {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(path, out).expect("write");
+}
+
+/// Tensor `name` of the safetensors file `path`, as f32.
+pub fn read_f32(path: &Path, name: &str) -> Vec<f32> {
+    let file = theta_engine::safetensors::SafetensorsFile::open(path).expect("open");
+    file.tensor(name).expect("tensor").to_f32().expect("f32")
+}
+
+/// Diff statistics computed by the test: rel.change, cosine, max|Δ|, changed fraction, ‖Δ‖.
+pub fn diff_stats(a: &[f32], b: &[f32]) -> [f64; 5] {
+    let (mut aa, mut bb, mut ab, mut dd, mut mx, mut ch) = (0f64, 0f64, 0f64, 0f64, 0f64, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        aa += x * x;
+        bb += y * y;
+        ab += x * y;
+        dd += (y - x) * (y - x);
+        mx = mx.max((y - x).abs());
+        ch += usize::from(x != y);
+    }
+    [
+        dd.sqrt() / aa.sqrt(),
+        ab / (aa.sqrt() * bb.sqrt()),
+        mx,
+        ch as f64 / a.len() as f64,
+        dd.sqrt(),
+    ]
+}
+
+/// The manifest line of tensor `name` in the blob `spec` (`rev:path`).
+pub fn manifest_entry(s: &Sandbox, repo: &Path, spec: &str, name: &str) -> serde_json::Value {
+    let text = s.git(repo, &["cat-file", "blob", spec]);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("\"name\":\"{name}\"")))
+        .unwrap_or_else(|| panic!("no manifest line for {name} in {spec}:\n{text}"));
+    serde_json::from_str(line).expect("json")
+}
