@@ -46,6 +46,37 @@ pub fn run(
     std::fs::create_dir_all(&out.dir).map_err(|e| Error::io(&out.dir, e))?;
     let staging = Staging::new(&out.dir)?;
     let mut writer = ShardedWriter::create(staging.path(), shard_plan)?;
+    // Writing tensor i overlaps computing tensor i + 1. The channel holds
+    // nothing (a hand-over), so at most two merged tensors exist at once.
+    let written = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(&str, Vec<u8>)>(0);
+        let writing = scope.spawn(move || {
+            for (name, bytes) in rx {
+                writer.write_tensor(name, &bytes)?;
+            }
+            writer.finish()
+        });
+        let computed = compute(plan, models, merger, &out.dir, progress, &tx);
+        drop(tx);
+        let written = writing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // A compute error comes first; a write error stopped the computing.
+        computed.and(written)
+    })?;
+    staging.publish(&written)
+}
+
+/// Merges every tensor of `plan` in order and hands each to `tx`; stops
+/// early (without error) when the writer has stopped, whose error then wins.
+fn compute<'p>(
+    plan: &'p MergePlan,
+    models: &Models<'_>,
+    merger: &dyn TensorMerge,
+    out_dir: &Path,
+    progress: &mut dyn FnMut(u64),
+    tx: &std::sync::mpsc::SyncSender<(&'p str, Vec<u8>)>,
+) -> Result<()> {
     for t in &plan.tensors {
         let views = t
             .inputs
@@ -66,19 +97,21 @@ pub fn run(
                 bytes.len(),
                 t.output.nbytes()
             );
-            return Err(Error::usage(&out.dir, Some(&t.output.name), msg));
+            return Err(Error::usage(out_dir, Some(&t.output.name), msg));
         }
-        writer.write_tensor(&t.output.name, &bytes)?;
         drop(views);
         // Resident memory stays near (inputs + 2) × the largest tensor
         // rather than growing with the mapped inputs.
         for i in &t.inputs {
             models[i.model].1.release(&i.tensor);
         }
-        progress(bytes.len() as u64);
+        let n = bytes.len() as u64;
+        if tx.send((&t.output.name, bytes)).is_err() {
+            return Ok(());
+        }
+        progress(n);
     }
-    let written = writer.finish()?;
-    staging.publish(&written)
+    Ok(())
 }
 
 /// Writing into an input's own folder would replace the model being read.
