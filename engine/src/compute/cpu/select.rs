@@ -26,7 +26,7 @@ const CHUNK: usize = 1 << 16;
 const MIN_SAMPLED: usize = 1 << 16;
 
 /// Sample spans, and elements per span.
-const SPANS: usize = 4096;
+const SPANS: usize = 8192;
 const SPAN: usize = 8;
 
 /// Most elements the bracket may gather, as a fraction `1 / GATHER_DIV` of
@@ -37,6 +37,8 @@ const GATHER_DIV: usize = 8;
 struct Scratch {
     f: Vec<f32>,
     bits: Vec<u16>,
+    /// Which of a block's elements [`scan`] gathers.
+    flags: Vec<u8>,
 }
 
 /// Bits of the `k`-th largest |x − base|, `1 <= k <= x.len()`.
@@ -67,7 +69,7 @@ pub(super) fn bracket(x: Input<'_>, base: Option<Input<'_>>, k: usize) -> (u32, 
     let p = k as f64 / n as f64;
     // The sample rank of the answer, counted from the top (0-based).
     let r = (p * m as f64) as isize;
-    let margin = (8.0 * (m as f64 * p * (1.0 - p)).sqrt()) as isize + 32;
+    let margin = (6.0 * (m as f64 * p * (1.0 - p)).sqrt()) as isize + 16;
     let desc = |a: &u32, b: &u32| b.cmp(a);
     let hi = match r - margin {
         i if i < 0 => u32::MAX,
@@ -188,6 +190,7 @@ lanes::multiversion! {
     ) {
         let mut f = std::mem::take(&mut s.f);
         f.resize(2 * BLOCK, 0.0);
+        s.flags.resize(BLOCK, 0);
         // m strictly inside (lo, hi) iff m − (lo + 1) < hi − lo − 1, wrapping.
         let (from, width) = (lo.wrapping_add(1), hi.saturating_sub(lo).saturating_sub(1));
         let mut at = start;
@@ -196,30 +199,33 @@ lanes::multiversion! {
             let (v, w) = f.split_at_mut(BLOCK);
             let (v, w) = (&mut v[..n], &mut w[..n]);
             mags(s, x, base, at, v, w);
+            let flags = &mut s.flags[..n];
             let (mut above, mut at_hi, mut at_lo, mut inside) = (0u32, 0u32, 0u32, 0u32);
-            for a in v.iter() {
+            for (a, g) in v.iter().zip(flags.iter_mut()) {
                 let m = a.to_bits() & 0x7fff_ffff;
+                let i = m.wrapping_sub(from) < width;
                 above += u32::from(m > hi);
                 at_hi += u32::from(m == hi);
                 at_lo += u32::from(m == lo);
-                inside += u32::from(m.wrapping_sub(from) < width);
+                inside += u32::from(i);
+                *g = u8::from(i);
             }
             t.above += u64::from(above);
             t.at_hi += u64::from(at_hi);
             t.at_lo += u64::from(at_lo);
             if inside > 0 {
-                // Branch-free compaction: write every element, advance past
-                // the inside ones.
-                let old = t.gathered.len();
-                t.gathered.resize(old + n, 0);
-                let out = &mut t.gathered[old..];
-                let mut j = 0;
-                for a in v.iter() {
-                    let m = a.to_bits() & 0x7fff_ffff;
-                    out[j] = m;
-                    j += usize::from(m.wrapping_sub(from) < width);
+                // The flags eight at a time: most words are zero, and a
+                // set byte's index is its trailing zeros over eight.
+                for (j, word) in flags.chunks(8).enumerate() {
+                    let mut b = [0u8; 8];
+                    b[..word.len()].copy_from_slice(word);
+                    let mut bits = u64::from_le_bytes(b);
+                    while bits != 0 {
+                        let i = j * 8 + (bits.trailing_zeros() / 8) as usize;
+                        t.gathered.push(v[i].to_bits() & 0x7fff_ffff);
+                        bits &= bits - 1;
+                    }
                 }
-                t.gathered.truncate(old + j);
             }
             at += n;
         }
