@@ -59,8 +59,8 @@ pub(super) fn bracket(x: Input<'_>, base: Option<Input<'_>>, k: usize) -> (u32, 
     let n = x.len();
     let mut s = Scratch::default();
     let mut sample = Vec::with_capacity(SPANS * SPAN);
-    let mut v = vec![0f32; SPAN];
-    let mut w = vec![0f32; SPAN];
+    let mut v = [0f32; SPAN];
+    let mut w = [0f32; SPAN];
     for (at, len) in spans(n) {
         mags(&mut s, x, base, at, &mut v[..len], &mut w[..len]);
         sample.extend(v[..len].iter().map(|a| a.to_bits() & 0x7fff_ffff));
