@@ -88,6 +88,33 @@ pub(super) fn spans(n: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..count).map(move |i| (i * (n / count), SPAN.min(n - i * (n / count))))
 }
 
+/// Runs `body` on each block of `x − base` in `start..start + len`, with
+/// as many of the scratch flags.
+#[inline(always)]
+fn blocks(
+    s: &mut Scratch,
+    x: Input<'_>,
+    base: Option<Input<'_>>,
+    start: usize,
+    len: usize,
+    mut body: impl FnMut(&[f32], &mut [u8]),
+) {
+    let mut f = std::mem::take(&mut s.f);
+    let mut flags = std::mem::take(&mut s.flags);
+    f.resize(2 * BLOCK, 0.0);
+    flags.resize(BLOCK, 0);
+    let mut at = start;
+    while at < start + len {
+        let n = BLOCK.min(start + len - at);
+        let (v, w) = f.split_at_mut(BLOCK);
+        mags(s, x, base, at, &mut v[..n], &mut w[..n]);
+        body(&v[..n], &mut flags[..n]);
+        at += n;
+    }
+    s.f = f;
+    s.flags = flags;
+}
+
 /// Decodes elements `at..at + v.len()` into `v` as `x − base` (`w` holds
 /// the base).
 #[inline(always)]
@@ -188,18 +215,10 @@ lanes::multiversion! {
         hi: u32,
         t: &mut Tally,
     ) {
-        let mut f = std::mem::take(&mut s.f);
-        f.resize(2 * BLOCK, 0.0);
-        s.flags.resize(BLOCK, 0);
         // m strictly inside (lo, hi) iff m − (lo + 1) < hi − lo − 1, wrapping.
         let (from, width) = (lo.wrapping_add(1), hi.saturating_sub(lo).saturating_sub(1));
-        let mut at = start;
-        while at < start + len {
-            let n = BLOCK.min(start + len - at);
-            let (v, w) = f.split_at_mut(BLOCK);
-            let (v, w) = (&mut v[..n], &mut w[..n]);
-            mags(s, x, base, at, v, w);
-            let flags = &mut s.flags[..n];
+        blocks(s, x, base, start, len, #[inline(always)]
+        |v, flags| {
             let (mut above, mut at_hi, mut at_lo, mut inside) = (0u32, 0u32, 0u32, 0u32);
             for (a, g) in v.iter().zip(flags.iter_mut()) {
                 let m = a.to_bits() & 0x7fff_ffff;
@@ -227,9 +246,7 @@ lanes::multiversion! {
                     }
                 }
             }
-            at += n;
-        }
-        s.f = f;
+        });
     }
 }
 
@@ -304,14 +321,8 @@ lanes::multiversion! {
         h: &mut [u64],
         digit: Digit,
     ) {
-        let mut f = std::mem::take(&mut s.f);
-        f.resize(2 * BLOCK, 0.0);
-        let mut at = start;
-        while at < start + len {
-            let n = BLOCK.min(start + len - at);
-            let (v, w) = f.split_at_mut(BLOCK);
-            let (v, w) = (&mut v[..n], &mut w[..n]);
-            mags(s, x, base, at, v, w);
+        blocks(s, x, base, start, len, #[inline(always)]
+        |v, _| {
             match digit {
                 Digit::High => {
                     for a in v.iter() {
@@ -327,8 +338,6 @@ lanes::multiversion! {
                     }
                 }
             }
-            at += n;
-        }
-        s.f = f;
+        });
     }
 }
