@@ -92,6 +92,18 @@ fn bench(c: &mut Criterion) {
                         |b| b.iter(|| dev.merge(&spec, &mut out, dt).expect("merge")),
                     );
                 }
+                // One model's TIES trim alone (k-th largest |x − base| at
+                // density 0.5): the model and the base in.
+                g.throughput(Throughput::Bytes((2 * n * sz) as u64));
+                g.bench_function(
+                    BenchmarkId::new(format!("trim/{}/{dn}", dev.label()), shape),
+                    |b| {
+                        b.iter(|| {
+                            let (x, b) = (Input::new(dt, &models[0]), Input::new(dt, &base));
+                            dev.kth_largest_abs("w", x, Some(b), n / 2).expect("trim")
+                        })
+                    },
+                );
                 g.throughput(Throughput::Bytes((2 * n * sz) as u64));
                 g.bench_function(
                     BenchmarkId::new(format!("diff_stats/{}/{dn}", dev.label()), shape),

@@ -357,6 +357,92 @@ mod tests {
         );
     }
 
+    /// The sampled bracket, its one-pass count and gather, and the radix
+    /// fallback each give a sort's k-th largest magnitude, including when
+    /// the bracket misses.
+    #[test]
+    fn bracketed_select_matches_sorting() {
+        for &n in &[1, 7, 1025, CHUNK + 3, 2 * CHUNK + 1001, 70_001] {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let sampled: Vec<usize> = select::spans(n).flat_map(|(a, l)| a..a + l).collect();
+                let mut unlucky = vec![0.25f32; n];
+                // The sample sees only 0.25; the rest is larger.
+                unlucky
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, x)| *x = 1.0 + (i % 13) as f32);
+                sampled.iter().for_each(|&i| unlucky[i] = 0.25);
+                let mut zeros = vec![0f32; n];
+                zeros.iter_mut().step_by(97).for_each(|x| *x = -3.0);
+                let data = [
+                    ("values", values(n, 5)),
+                    (
+                        "equal",
+                        (0..n)
+                            .map(|i| if i % 3 == 0 { -0.5 } else { 0.5 })
+                            .collect(),
+                    ),
+                    ("zeros", zeros),
+                    ("unlucky", unlucky),
+                ];
+                let braw = unaligned(dtype, &values(n, 17));
+                let b = Input::new(dtype, &braw[1..]);
+                for (what, xs) in &data {
+                    let raw = unaligned(dtype, xs);
+                    let x = Input::new(dtype, &raw[1..]);
+                    for base in [None, Some(b)] {
+                        let mags = sorted_mags(x, base);
+                        for k in [1, 2, n / 10, n / 2, n - 1, n] {
+                            if k == 0 || k > n {
+                                continue;
+                            }
+                            let want = mags[k - 1];
+                            let at = format!("{what} n={n} {dtype} base={} k={k}", base.is_some());
+                            assert_eq!(select::kth_largest_abs(x, base, k), want, "{at}");
+                            assert_eq!(select::radix(x, base, k), want, "{at}");
+                            let (lo, hi) = select::bracket(x, base, k);
+                            if let Some(got) = select::within(x, base, k, lo, hi) {
+                                assert_eq!(got, want, "{at} sampled [{lo:#x}, {hi:#x}]");
+                            } else {
+                                assert!(
+                                    *what == "unlucky" || n < 70_001,
+                                    "{at}: the sample missed [{lo:#x}, {hi:#x}]"
+                                );
+                            }
+                            // Exact, narrow and missing brackets.
+                            assert_eq!(select::within(x, base, k, want, want), Some(want), "{at}");
+                            if want > 0 && want < u32::MAX {
+                                let narrow = select::within(x, base, k, want - 1, want + 1);
+                                assert!(narrow.is_none_or(|g| g == want), "{at}");
+                                assert_eq!(
+                                    select::within(x, base, k, want + 1, u32::MAX),
+                                    None,
+                                    "{at}"
+                                );
+                                assert_eq!(select::within(x, base, k, 0, want - 1), None, "{at}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Magnitude bits of `x − base`, largest first.
+    fn sorted_mags(x: Input<'_>, base: Option<Input<'_>>) -> Vec<u32> {
+        let n = x.len();
+        let mut v = vec![0f32; n];
+        decode(x, 0, &mut v);
+        if let Some(b) = base {
+            let mut w = vec![0f32; n];
+            decode(b, 0, &mut w);
+            v.iter_mut().zip(&w).for_each(|(a, c)| *a -= c);
+        }
+        let mut mags: Vec<u32> = v.iter().map(|a| a.to_bits() & 0x7fff_ffff).collect();
+        mags.sort_unstable_by(|a, b| b.cmp(a));
+        mags
+    }
+
     #[test]
     fn radix_select_matches_sorting() {
         for &n in &LENS {

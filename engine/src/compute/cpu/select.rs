@@ -1,8 +1,17 @@
-//! The k-th largest |x − base| by radix select over the magnitudes' bits:
-//! one pass counts the top 15 bits (the sign bit is clear) into a histogram,
-//! which names the top half of the answer and how many larger elements lie
-//! above it; a second pass counts the low 16 bits of the elements with that
-//! top half. Linear time, two reads of the input, no per-element storage.
+//! The k-th largest |x − base|, exactly, in one read of the input.
+//!
+//! A strided sample brackets the answer's magnitude bits in a narrow range
+//! `[lo, hi]`; one pass then counts the elements above `hi` (a compare and
+//! add that vectorises) and gathers the few inside the bracket, among which
+//! a selection finds the answer. When the bracket misses (the sample was
+//! unlucky or the data adversarial) or gathers too much, a radix select over
+//! the magnitudes' bits answers instead: one pass counts the top 15 bits
+//! (the sign bit is clear) into a histogram, which names the top half of the
+//! answer and how many larger elements lie above it; a second pass counts
+//! the low 16 bits of the elements with that top half. Both compare the
+//! magnitudes as bits, so NaNs rank above infinities, as on the GPU.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
@@ -13,14 +22,236 @@ use crate::compute::Input;
 /// Elements per parallel work item.
 const CHUNK: usize = 1 << 16;
 
+/// Shortest input worth a sample; shorter ones go straight to radix select.
+const MIN_SAMPLED: usize = 1 << 16;
+
+/// Sample spans, and elements per span.
+const SPANS: usize = 8192;
+const SPAN: usize = 8;
+
+/// Most elements the bracket may gather, as a fraction `1 / GATHER_DIV` of
+/// the input, before it gives up for radix select.
+const GATHER_DIV: usize = 8;
+
 #[derive(Default)]
 struct Scratch {
     f: Vec<f32>,
     bits: Vec<u16>,
+    /// Which of a block's elements [`scan`] gathers.
+    flags: Vec<u8>,
 }
 
 /// Bits of the `k`-th largest |x − base|, `1 <= k <= x.len()`.
 pub(super) fn kth_largest_abs(x: Input<'_>, base: Option<Input<'_>>, k: usize) -> u32 {
+    if x.len() >= MIN_SAMPLED {
+        let (lo, hi) = bracket(x, base, k);
+        if let Some(bits) = within(x, base, k, lo, hi) {
+            return bits;
+        }
+    }
+    radix(x, base, k)
+}
+
+/// Magnitude bits `[lo, hi]` that likely hold the `k`-th largest, from
+/// `SPANS` evenly spaced runs of `SPAN` elements, with a margin of many
+/// standard deviations of the sample's rank error either side.
+pub(super) fn bracket(x: Input<'_>, base: Option<Input<'_>>, k: usize) -> (u32, u32) {
+    let n = x.len();
+    let mut s = Scratch::default();
+    let mut sample = Vec::with_capacity(SPANS * SPAN);
+    let mut v = [0f32; SPAN];
+    let mut w = [0f32; SPAN];
+    for (at, len) in spans(n) {
+        mags(&mut s, x, base, at, &mut v[..len], &mut w[..len]);
+        sample.extend(v[..len].iter().map(|a| a.to_bits() & 0x7fff_ffff));
+    }
+    let m = sample.len();
+    let p = k as f64 / n as f64;
+    // The sample rank of the answer, counted from the top (0-based).
+    let r = (p * m as f64) as isize;
+    let margin = (6.0 * (m as f64 * p * (1.0 - p)).sqrt()) as isize + 16;
+    let desc = |a: &u32, b: &u32| b.cmp(a);
+    let hi = match r - margin {
+        i if i < 0 => u32::MAX,
+        i => *sample.select_nth_unstable_by(i as usize, desc).1,
+    };
+    let lo = match r + margin {
+        i if i >= m as isize => 0,
+        i => *sample.select_nth_unstable_by(i as usize, desc).1,
+    };
+    (lo, hi)
+}
+
+/// The sample's runs: (start, length).
+pub(super) fn spans(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    let count = SPANS.min(n / SPAN).max(1);
+    (0..count).map(move |i| (i * (n / count), SPAN.min(n - i * (n / count))))
+}
+
+/// Runs `body` on each block of `x − base` in `start..start + len`, with
+/// as many of the scratch flags.
+#[inline(always)]
+fn blocks(
+    s: &mut Scratch,
+    x: Input<'_>,
+    base: Option<Input<'_>>,
+    start: usize,
+    len: usize,
+    mut body: impl FnMut(&[f32], &mut [u8]),
+) {
+    let mut f = std::mem::take(&mut s.f);
+    let mut flags = std::mem::take(&mut s.flags);
+    f.resize(2 * BLOCK, 0.0);
+    flags.resize(BLOCK, 0);
+    let mut at = start;
+    while at < start + len {
+        let n = BLOCK.min(start + len - at);
+        let (v, w) = f.split_at_mut(BLOCK);
+        mags(s, x, base, at, &mut v[..n], &mut w[..n]);
+        body(&v[..n], &mut flags[..n]);
+        at += n;
+    }
+    s.f = f;
+    s.flags = flags;
+}
+
+/// Decodes elements `at..at + v.len()` into `v` as `x − base` (`w` holds
+/// the base).
+#[inline(always)]
+fn mags(
+    s: &mut Scratch,
+    x: Input<'_>,
+    base: Option<Input<'_>>,
+    at: usize,
+    v: &mut [f32],
+    w: &mut [f32],
+) {
+    let n = v.len();
+    lanes::decode(bytes(x, at, n), x.dtype, v, &mut s.bits);
+    if let Some(b) = base {
+        lanes::decode(bytes(b, at, n), b.dtype, w, &mut s.bits);
+        v.iter_mut().zip(w.iter()).for_each(|(a, b)| *a -= b);
+    }
+}
+
+/// One chunk's counts for [`within`]: elements above the bracket, equal
+/// to its ends, and the gathered ones strictly inside it.
+#[derive(Default)]
+struct Tally {
+    above: u64,
+    at_hi: u64,
+    at_lo: u64,
+    gathered: Vec<u32>,
+}
+
+/// The `k`-th largest magnitude's bits if it lies in `[lo, hi]`; `None`
+/// when it does not, or when more than `n / GATHER_DIV` elements lie
+/// strictly inside the bracket. Elements equal to an end are counted, not
+/// gathered, so heavy ties (zeros, say) cost nothing.
+pub(super) fn within(
+    x: Input<'_>,
+    base: Option<Input<'_>>,
+    k: usize,
+    lo: u32,
+    hi: u32,
+) -> Option<u32> {
+    let n = x.len();
+    let limit = n / GATHER_DIV;
+    let total = AtomicUsize::new(0);
+    let full = AtomicBool::new(false);
+    let tallies: Vec<Tally> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map_init(Scratch::default, |s, c| {
+            let mut t = Tally::default();
+            if full.load(Ordering::Relaxed) {
+                return t;
+            }
+            let start = c * CHUNK;
+            scan(s, x, base, start, CHUNK.min(n - start), lo, hi, &mut t);
+            let g = t.gathered.len();
+            if total.fetch_add(g, Ordering::Relaxed) + g > limit {
+                full.store(true, Ordering::Relaxed);
+            }
+            t
+        })
+        .collect();
+    if full.load(Ordering::Relaxed) {
+        return None;
+    }
+    let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
+    let above = sum(|t| t.above);
+    let at_hi = above + sum(|t| t.at_hi);
+    let inside = at_hi + sum(|t| t.gathered.len() as u64);
+    // With lo == hi the elements at lo were counted as at hi.
+    let at_lo = inside + if lo < hi { sum(|t| t.at_lo) } else { 0 };
+    let k = k as u64;
+    if k <= above || k > at_lo {
+        None
+    } else if k <= at_hi {
+        Some(hi)
+    } else if k > inside {
+        Some(lo)
+    } else {
+        let mut all: Vec<u32> = Vec::with_capacity((inside - at_hi) as usize);
+        tallies
+            .iter()
+            .for_each(|t| all.extend_from_slice(&t.gathered));
+        let r = (k - at_hi - 1) as usize;
+        Some(*all.select_nth_unstable_by(r, |a, b| b.cmp(a)).1)
+    }
+}
+
+lanes::multiversion! {
+    /// Counts elements `start..start + len` above `hi`, equal to `hi` and
+    /// equal to `lo` into `t`, and gathers those strictly between.
+    #[allow(clippy::too_many_arguments)]
+    fn scan(
+        s: &mut Scratch,
+        x: Input<'_>,
+        base: Option<Input<'_>>,
+        start: usize,
+        len: usize,
+        lo: u32,
+        hi: u32,
+        t: &mut Tally,
+    ) {
+        // m strictly inside (lo, hi) iff m − (lo + 1) < hi − lo − 1, wrapping.
+        let (from, width) = (lo.wrapping_add(1), hi.saturating_sub(lo).saturating_sub(1));
+        blocks(s, x, base, start, len, #[inline(always)]
+        |v, flags| {
+            let (mut above, mut at_hi, mut at_lo, mut inside) = (0u32, 0u32, 0u32, 0u32);
+            for (a, g) in v.iter().zip(flags.iter_mut()) {
+                let m = a.to_bits() & 0x7fff_ffff;
+                let i = m.wrapping_sub(from) < width;
+                above += u32::from(m > hi);
+                at_hi += u32::from(m == hi);
+                at_lo += u32::from(m == lo);
+                inside += u32::from(i);
+                *g = u8::from(i);
+            }
+            t.above += u64::from(above);
+            t.at_hi += u64::from(at_hi);
+            t.at_lo += u64::from(at_lo);
+            if inside > 0 {
+                // The flags eight at a time: most words are zero, and a
+                // set byte's index is its trailing zeros over eight.
+                for (j, word) in flags.chunks(8).enumerate() {
+                    let mut b = [0u8; 8];
+                    b[..word.len()].copy_from_slice(word);
+                    let mut bits = u64::from_le_bytes(b);
+                    while bits != 0 {
+                        let i = j * 8 + (bits.trailing_zeros() / 8) as usize;
+                        t.gathered.push(v[i].to_bits() & 0x7fff_ffff);
+                        bits &= bits - 1;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Radix select: exact for any input, two reads of it.
+pub(super) fn radix(x: Input<'_>, base: Option<Input<'_>>, k: usize) -> u32 {
     let top = histogram(x, base, Digit::High);
     let (hi, k) = pick(&top, k as u64);
     let low = histogram(x, base, Digit::Low(hi));
@@ -90,17 +321,8 @@ lanes::multiversion! {
         h: &mut [u64],
         digit: Digit,
     ) {
-        s.f.resize(2 * BLOCK, 0.0);
-        let mut at = start;
-        while at < start + len {
-            let n = BLOCK.min(start + len - at);
-            let (v, w) = s.f.split_at_mut(BLOCK);
-            let (v, w) = (&mut v[..n], &mut w[..n]);
-            lanes::decode(bytes(x, at, n), x.dtype, v, &mut s.bits);
-            if let Some(b) = base {
-                lanes::decode(bytes(b, at, n), b.dtype, w, &mut s.bits);
-                v.iter_mut().zip(w.iter()).for_each(|(a, b)| *a -= b);
-            }
+        blocks(s, x, base, start, len, #[inline(always)]
+        |v, _| {
             match digit {
                 Digit::High => {
                     for a in v.iter() {
@@ -116,7 +338,6 @@ lanes::multiversion! {
                     }
                 }
             }
-            at += n;
-        }
+        });
     }
 }
