@@ -20,18 +20,7 @@ PARAMS=${PARAMS:-1B}
 BIN=${GIT_THETA:-$(cd "$(dirname "$0")/.." && pwd)/target/release/git-theta}
 [ -x "$BIN" ] || { echo "build first: cargo build --release (or set GIT_THETA)" >&2; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/theta-diff-bench.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-export HOME=$WORK/home GIT_CONFIG_NOSYSTEM=1 PATH="$(dirname "$BIN"):$PATH"
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$WORK}
-mkdir -p "$HOME"
-git config --global user.name bench
-git config --global user.email bench@example.com
-git config --global init.defaultBranch main
-git theta install >/dev/null
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+. "$(dirname "$0")/sandbox.sh" diff-bench
 # best of 3 runs of "$@" (output discarded): "wall cpu" seconds, cpu being
 # user + system time, which a machine shared with other work does not inflate.
 best() {

@@ -19,22 +19,9 @@ STRATEGY=${STRATEGY:-average}
 PARAMS_LIST=${PARAMS_LIST:-}
 BIN=${GIT_THETA:-$(cd "$(dirname "$0")/.." && pwd)/target/release/git-theta}
 [ -x "$BIN" ] || { echo "build first: cargo build --release (or set GIT_THETA)" >&2; exit 1; }
-command -v git-lfs >/dev/null || { echo "git-lfs is required" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time (GNU time) is required for peak RSS" >&2; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/theta-merge-bench.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-export HOME=$WORK/home GIT_CONFIG_NOSYSTEM=1 PATH="$(dirname "$BIN"):$PATH"
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$WORK/run} # Vulkan loaders want one
-mkdir -p "$HOME" && mkdir -p -m 700 "$XDG_RUNTIME_DIR"
-git config --global user.name bench
-git config --global user.email bench@example.com
-git config --global init.defaultBranch main
-git lfs install --skip-repo >/dev/null
-git theta install >/dev/null
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+. "$(dirname "$0")/sandbox.sh" merge-bench
 timed() { # label cmd...: runs cmd (stdout discarded), prints "label: S s, R MiB peak RSS"
   local label=$1; shift
   /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" > /dev/null

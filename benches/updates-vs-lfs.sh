@@ -21,21 +21,9 @@ PARAMS=${PARAMS:-500M}
 RANK=${RANK:-16}
 BIN=${GIT_THETA:-$(cd "$(dirname "$0")/.." && pwd)/target/release/git-theta}
 [ -x "$BIN" ] || { echo "build first: cargo build --release (or set GIT_THETA)" >&2; exit 1; }
-command -v git-lfs >/dev/null || { echo "git-lfs is required" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/theta-updates.XXXXXX")
-[ -n "${KEEP:-}" ] && echo "# keeping $WORK" || trap 'rm -rf "$WORK"' EXIT
-export HOME=$WORK/home GIT_CONFIG_NOSYSTEM=1 PATH="$(dirname "$BIN"):$PATH"
-mkdir -p "$HOME"
-git config --global user.name bench
-git config --global user.email bench@example.com
-git config --global init.defaultBranch main
-git lfs install --skip-repo >/dev/null
-git theta install >/dev/null
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+. "$(dirname "$0")/sandbox.sh" updates
 # Bytes in files (directories' own sizes left out: they are file-system overhead).
 size() { find "$1" -type f -printf '%s\n' 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 mib() { awk -v n="$1" 'BEGIN { printf "%.2f MiB", n / 1048576 }'; }

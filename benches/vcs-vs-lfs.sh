@@ -12,20 +12,8 @@ set -euo pipefail
 PARAMS=${PARAMS:-500M}
 BIN=${GIT_THETA:-$(cd "$(dirname "$0")/.." && pwd)/target/release/git-theta}
 [ -x "$BIN" ] || { echo "build first: cargo build --release (or set GIT_THETA)" >&2; exit 1; }
-command -v git-lfs >/dev/null || { echo "git-lfs is required" >&2; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/theta-bench.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-export HOME=$WORK/home GIT_CONFIG_NOSYSTEM=1 PATH="$(dirname "$BIN"):$PATH"
-mkdir -p "$HOME"
-git config --global user.name bench
-git config --global user.email bench@example.com
-git config --global init.defaultBranch main
-git lfs install --skip-repo >/dev/null
-git theta install >/dev/null
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+. "$(dirname "$0")/sandbox.sh" bench
 size() { du -sb "$1" 2>/dev/null | cut -f1; }
 mib() { awk -v n="$1" 'BEGIN { printf "%.1f MiB", n / 1048576 }'; }
 
