@@ -85,6 +85,24 @@ pub(super) fn encode(src: &[f32], dst: &mut [u8], dtype: DType, tmp: &mut Vec<u1
     }
 }
 
+/// Whether the CPU has AVX-512 F/BW/VL/DQ besides AVX2 and FMA (cached by
+/// `std`).
+#[inline(always)]
+pub(super) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the CPU has AVX2 and FMA (cached by `std`).
 #[inline(always)]
 pub(super) fn has_avx2() -> bool {
@@ -98,11 +116,12 @@ pub(super) fn has_avx2() -> bool {
     }
 }
 
-/// Defines `fn NAME(args) -> R { BODY }` twice, once compiled for AVX2
-/// (and FMA) and once for the build's baseline, and runs the AVX2 copy when
-/// the CPU has it. What BODY calls must be `#[inline(always)]` to land in
-/// each copy. Rust never contracts `a * b + c` into an FMA, so both copies
-/// give the same bits.
+/// Defines `fn NAME(args) -> R { BODY }` three times, compiled for AVX-512
+/// (F, BW, VL, DQ), for AVX2 (and FMA) and for the build's baseline, and
+/// runs the widest copy the CPU has. What BODY calls must be
+/// `#[inline(always)]` to land in each copy. Rust never contracts
+/// `a * b + c` into an FMA nor reorders float operations, so every copy
+/// gives the same bits.
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -112,9 +131,17 @@ macro_rules! multiversion {
             #[cfg(target_arch = "x86_64")]
             {
                 // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86.
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
+                }
+                if $crate::compute::cpu::lanes::has_avx512() {
+                    // SAFETY: the CPU has the features `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if $crate::compute::cpu::lanes::has_avx2() {
                     // SAFETY: the CPU has the features `avx2` is compiled for.
