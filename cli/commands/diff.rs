@@ -66,8 +66,9 @@ pub struct Args {
     pub device: DeviceArgs,
 }
 
-/// The object store, checking hashes unless `THETA_DIFF_VERIFY=0`
-/// (docs/diff.md: what verification costs).
+/// The object store: objects are hashed on a first read and trusted while
+/// their file is untouched; `THETA_DIFF_VERIFY=0` skips even the first
+/// hash (docs/diff.md, "Verification").
 fn store() -> anyhow::Result<Store> {
     let store = Store::new(git::lfs_dir()?);
     Ok(match std::env::var("THETA_DIFF_VERIFY").as_deref() {

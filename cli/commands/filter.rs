@@ -1,8 +1,8 @@
 //! The filter plumbing git runs: `filter-process` (the long-running filter
 //! that `git theta install` configures), and single-shot `clean`/`smudge`.
 
-use std::cell::Cell;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 
@@ -126,7 +126,7 @@ impl FilterHandler for ThetaFilter {
             Some(n) => {
                 let sink = AbortAfter {
                     inner: &self.store,
-                    left: Cell::new(n),
+                    left: AtomicU64::new(n),
                 };
                 clean::clean(input, out, &sink, &options)
             }
@@ -163,15 +163,19 @@ fn fault_abort_after() -> Option<u64> {
 
 struct AbortAfter<'a> {
     inner: &'a Store,
-    left: Cell<u64>,
+    left: AtomicU64,
 }
 
 impl ObjectSink for AbortAfter<'_> {
     fn put(&self, oid: &str, bytes: &[u8]) -> Result<bool, StoreError> {
         let new = self.inner.put(oid, bytes)?;
         if new {
-            self.left.set(self.left.get().saturating_sub(1));
-            if self.left.get() == 0 {
+            let before = self
+                .left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    Some(n.saturating_sub(1))
+                });
+            if before.is_ok_and(|n| n <= 1) {
                 eprintln!("git-theta: aborting on purpose (GIT_THETA_FAULT_ABORT_AFTER_OBJECTS)");
                 std::process::abort();
             }

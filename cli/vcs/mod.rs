@@ -36,3 +36,4 @@ pub mod smudge;
 pub mod store;
 pub mod transport;
 pub mod update;
+pub mod verified;
