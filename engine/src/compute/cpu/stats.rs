@@ -1,14 +1,20 @@
-//! The statistics pass over one chunk: [`StatSums::push`]'s terms, summed
-//! in f64 over 8 interleaved lanes (so the loop vectorises), the lanes then
-//! added in order, the chunk's last `len % 8` elements pushed one by one.
-//! Deterministic for a given chunking; see `docs/compute.md` for the bound.
+//! The statistics pass over one chunk, in blocks of [`BLOCK`] elements:
+//! [`StatSums::push`]'s terms summed in f64 over 16 interleaved lanes (so
+//! the loop fills a 512-bit vector of f32), the lanes then added in order
+//! into the block's sums, the block's last `len % 16` elements pushed one by
+//! one, and the blocks' sums added in order. The hot loop leaves out the
+//! non-finite bookkeeping: a block whose Σa², Σb² and Σ(b−a)² are finite has
+//! no NaN or ∞ among its inputs or differences, and only a block where one
+//! is not is walked again for its finite max |b−a| and its non-finite
+//! counts. Deterministic for a given chunking; see `docs/compute.md` for the
+//! bound.
 
 use super::lanes::{self, BLOCK};
 use super::merge::bytes;
 use crate::compute::Input;
 use crate::compute::ops::StatSums;
 
-const LANES: usize = 8;
+const LANES: usize = 16;
 
 /// Per-thread buffers, reused across chunks.
 #[derive(Default)]
@@ -28,10 +34,7 @@ lanes::multiversion! {
         len: usize,
     ) -> StatSums {
         s.f.resize(3 * BLOCK, 0.0);
-        let [mut a2, mut b2, mut d2, mut dot, mut sd] = [[0f64; LANES]; 5];
-        let mut max = [0f32; LANES];
-        let [mut changed, mut bad_a, mut bad_b] = [[0u32; LANES]; 3];
-        let mut tail = StatSums::default();
+        let mut out = StatSums::default();
         let mut at = start;
         while at < start + len {
             let n = BLOCK.min(start + len - at);
@@ -47,52 +50,71 @@ lanes::multiversion! {
                     *v -= w;
                 }
             }
-            let (va, vb) = (xa.chunks_exact(LANES), xb.chunks_exact(LANES));
-            let (ta, tb) = (va.remainder(), vb.remainder());
-            for (ua, ub) in va.zip(vb) {
-                for l in 0..LANES {
-                    let (u, v) = (ua[l], ub[l]);
-                    let d = v - u;
-                    let (u64_, v64, d64) = (f64::from(u), f64::from(v), f64::from(d));
-                    a2[l] += u64_ * u64_;
-                    b2[l] += v64 * v64;
-                    d2[l] += d64 * d64;
-                    dot[l] += u64_ * v64;
-                    sd[l] += d64;
-                    let ad = d.abs();
-                    // `ad < ∞` is false for NaN and ∞: only finite |d| count.
-                    max[l] = if (ad < f32::INFINITY) & (ad > max[l]) {
-                        ad
-                    } else {
-                        max[l]
-                    };
-                    changed[l] += u32::from(u.to_bits() != v.to_bits());
-                    bad_a[l] += u32::from(!u.is_finite());
-                    bad_b[l] += u32::from(!v.is_finite());
-                }
-            }
-            for (&u, &v) in ta.iter().zip(tb) {
-                tail.push(u, v);
-            }
+            out.add(&block(xa, xb));
             at += n;
         }
-        let mut out = StatSums::default();
-        for l in 0..LANES {
-            out.add(&StatSums {
-                a2: a2[l],
-                b2: b2[l],
-                d2: d2[l],
-                dot: dot[l],
-                sum_d: sd[l],
-                max_abs_d: max[l],
-                changed: u64::from(changed[l]),
-                nonfinite_a: u64::from(bad_a[l]),
-                nonfinite_b: u64::from(bad_b[l]),
-                n: 0,
-            });
-        }
-        out.add(&tail);
         out.n = len as u64;
         out
     }
+}
+
+/// The sums of one block of decoded elements (`n` is left 0).
+#[inline(always)]
+fn block(xa: &[f32], xb: &[f32]) -> StatSums {
+    let [mut a2, mut b2, mut d2, mut dot, mut sd] = [[0f64; LANES]; 5];
+    let mut max = [0f32; LANES];
+    let mut changed = [0u32; LANES];
+    let (va, vb) = (xa.chunks_exact(LANES), xb.chunks_exact(LANES));
+    let (ta, tb) = (va.remainder(), vb.remainder());
+    for (ua, ub) in va.zip(vb) {
+        for l in 0..LANES {
+            let (u, v) = (ua[l], ub[l]);
+            let d = v - u;
+            let (u64_, v64, d64) = (f64::from(u), f64::from(v), f64::from(d));
+            a2[l] += u64_ * u64_;
+            b2[l] += v64 * v64;
+            d2[l] += d64 * d64;
+            dot[l] += u64_ * v64;
+            sd[l] += d64;
+            let ad = d.abs();
+            // A NaN |d| is never taken; an infinite one makes Σ(b−a)²
+            // infinite, and the block is walked again below.
+            max[l] = if ad > max[l] { ad } else { max[l] };
+            changed[l] += u32::from(u.to_bits() != v.to_bits());
+        }
+    }
+    let mut out = StatSums::default();
+    for l in 0..LANES {
+        out.add(&StatSums {
+            a2: a2[l],
+            b2: b2[l],
+            d2: d2[l],
+            dot: dot[l],
+            sum_d: sd[l],
+            max_abs_d: max[l],
+            changed: u64::from(changed[l]),
+            ..StatSums::default()
+        });
+    }
+    for (&u, &v) in ta.iter().zip(tb) {
+        out.push(u, v);
+    }
+    out.n = 0;
+    // Squares are never negative, so these sums are finite exactly when
+    // every a, b and b − a of the block is.
+    if !(out.a2.is_finite() && out.b2.is_finite() && out.d2.is_finite()) {
+        let (mut max, mut bad_a, mut bad_b) = (0f32, 0u64, 0u64);
+        for (&u, &v) in xa.iter().zip(xb) {
+            let ad = (v - u).abs();
+            if ad < f32::INFINITY && ad > max {
+                max = ad;
+            }
+            bad_a += u64::from(!u.is_finite());
+            bad_b += u64::from(!v.is_finite());
+        }
+        out.max_abs_d = max;
+        out.nonfinite_a = bad_a;
+        out.nonfinite_b = bad_b;
+    }
+    out
 }
