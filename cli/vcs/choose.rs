@@ -9,7 +9,7 @@ use std::io::Read;
 
 use theta_engine::safetensors::header::Entry;
 
-use super::clean::{CleanError, Ctx, StatsAcc, encode_and_hash, read_full};
+use super::clean::{CleanError, Ctx, StatsAcc, put_raw, read_full};
 use super::lowrank::{Axis, Factors, Ia3, LowRank};
 use super::manifest::{ObjectRef, Step, TensorEntry};
 use super::smudge::Chain;
@@ -297,9 +297,8 @@ fn store_chunk(
     }
     tally.changed = true;
     if !allow_update {
-        return ctx
-            .put_encoded(Some(t.name), encode_and_hash(new))
-            .map(Some);
+        let put = put_raw(ctx.sink, new);
+        return ctx.count(Some(t.name), put).map(Some);
     }
     let (obj, _) = Sparse::encode(old, new, t.dtype.size(), force_list);
     if obj.len() != new.len() || force_list {

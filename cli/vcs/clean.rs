@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{self, Cursor, Read, Write};
 
+use theta_engine::compute::Input;
 use theta_engine::safetensors::header::{self, MAX_HEADER_LEN};
 use theta_engine::{DType, TensorInfo};
 
@@ -12,7 +13,7 @@ use super::codec;
 use super::manifest::{
     DENSE, FileFormat, Head, MAGIC, Manifest, ObjectRef, Stats, TensorEntry, VERSION, VERSION_DENSE,
 };
-use super::store::{ObjectSink, StoreError, sha256_hex};
+use super::store::{ObjectSink, StoreError};
 
 /// Default largest object: bigger tensors are split into row-aligned chunks.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
@@ -158,43 +159,51 @@ pub(super) fn read_full(input: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io:
 }
 
 pub(super) struct Ctx<'a> {
-    sink: &'a dyn ObjectSink,
+    pub(super) sink: &'a dyn ObjectSink,
     summary: CleanSummary,
 }
 
 impl Ctx<'_> {
-    /// Encodes and stores one object; returns its reference.
+    /// Encodes, hashes and stores one object; returns its reference.
     pub(super) fn store(
         &mut self,
         tensor: Option<&str>,
         raw: &[u8],
     ) -> Result<ObjectRef, CleanError> {
-        self.put_encoded(tensor, encode_and_hash(raw))
+        let put = put_raw(self.sink, raw);
+        self.count(tensor, put)
     }
 
-    /// Stores an encoded object, counting what was new.
-    pub(super) fn put_encoded(
+    /// Counts an object [`put_raw`] stored.
+    pub(super) fn count(
         &mut self,
         tensor: Option<&str>,
-        (stored, oid): (std::borrow::Cow<'_, [u8]>, String),
+        put: Result<(ObjectRef, bool), StoreError>,
     ) -> Result<ObjectRef, CleanError> {
-        let new = self
-            .sink
-            .put(&oid, &stored)
-            .map_err(|source| CleanError::Store {
-                tensor: tensor.map(str::to_owned),
-                source,
-            })?;
+        let (object, new) = put.map_err(|source| CleanError::Store {
+            tensor: tensor.map(str::to_owned),
+            source,
+        })?;
         self.summary.objects += 1;
         if new {
             self.summary.new_objects += 1;
-            self.summary.new_bytes += stored.len() as u64;
+            self.summary.new_bytes += object.size;
         }
-        Ok(ObjectRef {
-            oid,
-            size: stored.len() as u64,
-        })
+        Ok(object)
     }
+}
+
+/// Encodes `raw` with the default codec, then hashes and stores it (the
+/// part of storing a chunk that can run beside its statistics); returns the
+/// reference and whether the object was new.
+pub(super) fn put_raw(sink: &dyn ObjectSink, raw: &[u8]) -> Result<(ObjectRef, bool), StoreError> {
+    let stored = codec::default_codec().encode(raw);
+    let (oid, new) = sink.hash_and_put(&stored)?;
+    let object = ObjectRef {
+        oid,
+        size: stored.len() as u64,
+    };
+    Ok((object, new))
 }
 
 /// Cleans the file read from `input`, storing objects in `sink` and writing
@@ -350,8 +359,9 @@ fn clean_tensor(
                 tensor: info.name.clone(),
             });
         }
-        let (stored, ()) = rayon::join(|| encode_and_hash(buf), || stats.add(&info.name, buf));
-        objects.push(ctx.put_encoded(Some(&info.name), stored)?);
+        let sink = ctx.sink;
+        let (put, ()) = rayon::join(|| put_raw(sink, buf), || stats.add(&info.name, buf));
+        objects.push(ctx.count(Some(&info.name), put)?);
         done += len as u64;
     }
     Ok(TensorEntry {
@@ -366,13 +376,6 @@ fn clean_tensor(
         base: vec![],
         stats: stats.finish(),
     })
-}
-
-/// Encodes and hashes a chunk (the part that can run beside statistics).
-pub(super) fn encode_and_hash(raw: &[u8]) -> (std::borrow::Cow<'_, [u8]>, String) {
-    let stored = codec::default_codec().encode(raw);
-    let oid = sha256_hex(&stored);
-    (stored, oid)
 }
 
 fn opaque(
@@ -414,8 +417,9 @@ fn opaque(
     Ok(ctx.summary)
 }
 
-/// Elements converted at a time for statistics; partial sums are kept per
-/// block and added in order, so results do not depend on chunking.
+/// Elements of an F64 tensor converted at a time for statistics (F32, F16
+/// and BF16 go through the engine's vectorised `moments`); partial sums are
+/// kept per block and added in order.
 const STATS_BLOCK: usize = 1 << 16;
 
 /// Running statistics of a tensor.
@@ -448,6 +452,16 @@ impl StatsAcc {
 
     pub(super) fn add(&mut self, tensor: &str, bytes: &[u8]) {
         if !self.enabled {
+            return;
+        }
+        if matches!(self.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            let m = theta_engine::compute::moments(Input::new(self.dtype, bytes));
+            self.min = self.min.min(m.min);
+            self.max = self.max.max(m.max);
+            self.sum += m.sum;
+            self.sumsq += m.sumsq;
+            self.finite += m.finite;
+            self.nonfinite += m.nonfinite;
             return;
         }
         let size = self.dtype.size();

@@ -327,7 +327,12 @@ impl<'a> Chain<'a> {
                 oid: o.oid.clone(),
                 message,
             })?;
-        Ok(raw.into_owned())
+        // The raw codec hands back the stored bytes: keep them, uncopied.
+        let decoded = match raw {
+            std::borrow::Cow::Owned(v) => Some(v),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        Ok(decoded.unwrap_or(stored))
     }
 
     /// The bytes of chunk `i`.

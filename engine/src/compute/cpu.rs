@@ -6,8 +6,11 @@
 
 mod lanes;
 mod merge;
+mod moments;
 mod select;
 mod stats;
+
+pub use moments::{Moments, moments};
 
 use rayon::prelude::*;
 

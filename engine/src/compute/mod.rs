@@ -8,7 +8,8 @@
 //!   WGSL entry point in `theta-shaders`.
 //! - Ops: [`Device::merge`] (weighted sums, task arithmetic, TIES, DARE),
 //!   [`Device::diff_stats`], [`Device::slerp`], [`Device::pairwise_cosine`],
-//!   [`Device::lowrank`], [`Device::kth_largest_abs`].
+//!   [`Device::lowrank`], [`Device::kth_largest_abs`]; and on the CPU only,
+//!   [`moments`] (a tensor's min, max, Σx, Σx²: manifest statistics).
 //!
 //! Inputs and outputs are F32, F16 or BF16 bytes (little-endian, any
 //! alignment); the math is f32. See `docs/compute.md` for the error bounds.
@@ -23,6 +24,7 @@ mod masks;
 pub mod ops;
 mod run;
 
+pub use cpu::{Moments, moments};
 pub use device::{Device, DeviceChoice, GpuInfo};
 pub use error::{ComputeError, Result};
 pub use gpu::GpuContext;
