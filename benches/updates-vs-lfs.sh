@@ -136,8 +136,11 @@ run() { # tool: theta | lfs
   python3 "$WORK/edit.py" sparse model.safetensors
   step "$tool" sparse
   if [ "$tool" = lfs ]; then
+    local t0
+    t0=$(now)
     git theta apply-lora model.safetensors "$WORK/adapter" -o "$WORK/merged.safetensors" 2>/dev/null
     mv "$WORK/merged.safetensors" model.safetensors
+    R[lfs,lora,apply]=$(elapsed "$t0")
   fi
   step "$tool" lora
   python3 "$WORK/edit.py" layer model.safetensors
@@ -175,4 +178,7 @@ for n in base sparse lora layer; do
 done
 printf '\n(a) 1%%-sparse change: git-theta pushed %s of git-lfs'"'"'s bytes (target <= 3%%)\n' "$(pct "${R[theta,sparse,push]}" "${R[lfs,sparse,push]}")"
 printf '(b) rank-%s LoRA: git-theta pushed %s of the adapter'"'"'s size (target <= 101%%)\n' "$RANK" "$(pct "${R[theta,lora,push]}" "$ADAPTER_SIZE")"
+printf '    (git-theta'"'"'s `git theta add --update-data` writes the merged file and adds it: %s s;\n' "${R[theta,lora,add]}"
+printf '    git-lfs: writing it with `git theta apply-lora` %s s + git add %s s = %s s)\n' "${R[lfs,lora,apply]}" "${R[lfs,lora,add]}" \
+  "$(awk -v a="${R[lfs,lora,apply]}" -v b="${R[lfs,lora,add]}" 'BEGIN { printf "%.2f", a + b }')"
 printf '(c) one-layer dense change: git-theta pushed %s of git-lfs'"'"'s bytes\n' "$(pct "${R[theta,layer,push]}" "${R[lfs,layer,push]}")"

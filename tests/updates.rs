@@ -412,3 +412,157 @@ fn a_change_below_the_tolerance_counts_as_unchanged() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("theta.updateTolerance"));
 }
+
+/// The shape of tensor `name` in `path`.
+fn shape_of(path: &Path, name: &str) -> Vec<u64> {
+    let file = SafetensorsFile::open(path).expect("open");
+    file.get(name).expect("tensor").info.shape.clone()
+}
+
+#[test]
+fn a_lora_on_the_embedding_is_transposed_as_peft_merges_it() {
+    let s = Sandbox::new();
+    let repo = s.repo("repo");
+    let model = example(&s, &repo);
+    let base_copy = s.tmp.path().join("base.safetensors");
+    std::fs::copy(&model, &base_copy).expect("copy");
+    let emb = "model.embed_tokens.weight";
+    let [vocab, hidden] = shape_of(&model, emb)[..] else {
+        panic!("embedding is 2-D");
+    };
+    let (vocab, hidden) = (vocab as usize, hidden as usize);
+    let adapter = s.tmp.path().join("adapter");
+    std::fs::create_dir_all(&adapter).expect("mkdir");
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        r#"{"peft_type":"LORA","r":2,"lora_alpha":6,"target_modules":["embed_tokens"],"bias":"none"}"#,
+    )
+    .expect("config");
+    // PEFT's Embedding layer: A is [r, num_embeddings], B [embedding_dim, r],
+    // keys without `.weight`, and ΔW = (B·A)ᵀ·s.
+    let (a, b) = (values(2 * vocab, 5), values(hidden * 2, 6));
+    write_f32(
+        &adapter.join("adapter_model.safetensors"),
+        &[
+            (
+                "base_model.model.model.embed_tokens.lora_embedding_A",
+                vec![2, vocab as u64],
+                a.clone(),
+            ),
+            (
+                "base_model.model.model.embed_tokens.lora_embedding_B",
+                vec![hidden as u64, 2],
+                b.clone(),
+            ),
+        ],
+    );
+    let dir = adapter.to_str().expect("utf-8");
+    s.git(
+        &repo,
+        &["theta", "add", "m/model.safetensors", "--update-data", dir],
+    );
+    let written = sha256_file(&model);
+    s.git(&repo, &["commit", "-qm", "embedding lora"]);
+    clean(&s, &repo);
+    assert_eq!(
+        update_of(&s, &repo, "HEAD", emb),
+        ("low-rank".to_owned(), 1)
+    );
+    // Token 7, feature 3: base + 3·Σₖ A[k, 7]·B[3, k].
+    let (tok, feat) = (7, 3);
+    let delta: f32 = (0..2).map(|k| a[k * vocab + tok] * b[feat * 2 + k]).sum();
+    let want = bf16_at(&base_copy, emb, tok * hidden + feat) + 3.0 * delta;
+    let got = bf16_at(&model, emb, tok * hidden + feat);
+    assert!(
+        (got - want).abs() <= want.abs() / 128.0 + 1e-6,
+        "{got} vs {want}"
+    );
+    // The committed stored form is the factors, not the embedding.
+    let stored = entry(&s, &repo, "HEAD", emb)["objects"][0]["size"]
+        .as_u64()
+        .expect("size");
+    assert!(
+        stored < (vocab * hidden * 2 / 10) as u64,
+        "{stored} bytes stored for a rank-2 update"
+    );
+    s.git(&repo, &["checkout", "-q", "HEAD~1"]);
+    assert_eq!(sha256_file(&model), sha256_file(&base_copy));
+    s.git(&repo, &["checkout", "-q", "main"]);
+    assert_eq!(sha256_file(&model), written);
+    clean(&s, &repo);
+}
+
+#[test]
+fn an_ia3_adapter_with_fan_in_fan_out_scales_the_other_axis() {
+    let s = Sandbox::new();
+    let repo = s.repo("repo");
+    let model = example(&s, &repo);
+    let base_copy = s.tmp.path().join("base.safetensors");
+    std::fs::copy(&model, &base_copy).expect("copy");
+    let kp = "model.layers.0.self_attn.k_proj.weight";
+    let dp = "model.layers.0.mlp.down_proj.weight";
+    let (ks, ds) = (shape_of(&model, kp), shape_of(&model, dp));
+    let (k_rows, k_cols) = (ks[0] as usize, ks[1] as usize);
+    let (d_rows, d_cols) = (ds[0] as usize, ds[1] as usize);
+    let adapter = s.tmp.path().join("ia3");
+    std::fs::create_dir_all(&adapter).expect("mkdir");
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        r#"{"peft_type":"IA3","target_modules":["k_proj","down_proj"],"feedforward_modules":["down_proj"],"fan_in_fan_out":true}"#,
+    )
+    .expect("config");
+    // Conv1D-style weights are [in, out]: k_proj's vector ([out, 1]) scales
+    // its columns, down_proj's feed-forward one ([1, in]) its rows.
+    let p = "base_model.model.model.layers.0";
+    let k: Vec<f32> = (0..k_cols).map(|i| 1.0 + i as f32 / 64.0).collect();
+    let d: Vec<f32> = (0..d_rows).map(|i| 2.0 - i as f32 / 256.0).collect();
+    write_f32(
+        &adapter.join("adapter_model.safetensors"),
+        &[
+            (
+                &format!("{p}.self_attn.k_proj.ia3_l.weight"),
+                vec![k_cols as u64, 1],
+                k.clone(),
+            ),
+            (
+                &format!("{p}.mlp.down_proj.ia3_l.weight"),
+                vec![1, d_rows as u64],
+                d.clone(),
+            ),
+        ],
+    );
+    let dir = adapter.to_str().expect("utf-8");
+    s.git(
+        &repo,
+        &["theta", "add", "m/model.safetensors", "--update-data", dir],
+    );
+    let written = sha256_file(&model);
+    s.git(&repo, &["commit", "-qm", "ia3 conv1d"]);
+    clean(&s, &repo);
+    assert_eq!(update_of(&s, &repo, "HEAD", kp).0, "ia3");
+    assert_eq!(update_of(&s, &repo, "HEAD", dp).0, "ia3");
+    let close = |a: f32, b: f32| (a - b).abs() <= b.abs() / 128.0 + 1e-6;
+    for (row, col) in [(0, 0), (5, 9), (k_rows - 1, k_cols - 1)] {
+        let i = row * k_cols + col;
+        let (got, base) = (bf16_at(&model, kp, i), bf16_at(&base_copy, kp, i));
+        assert!(
+            close(got, base * k[col]),
+            "k_proj[{row}, {col}]: {got} vs {base}·{}",
+            k[col]
+        );
+    }
+    for (row, col) in [(0, 0), (9, 5), (d_rows - 1, d_cols - 1)] {
+        let i = row * d_cols + col;
+        let (got, base) = (bf16_at(&model, dp, i), bf16_at(&base_copy, dp, i));
+        assert!(
+            close(got, base * d[row]),
+            "down_proj[{row}, {col}]: {got} vs {base}·{}",
+            d[row]
+        );
+    }
+    s.git(&repo, &["checkout", "-q", "HEAD~1"]);
+    assert_eq!(sha256_file(&model), sha256_file(&base_copy));
+    s.git(&repo, &["checkout", "-q", "main"]);
+    assert_eq!(sha256_file(&model), written);
+    clean(&s, &repo);
+}
