@@ -134,13 +134,16 @@ pub fn side_load(path: &Path, adapter: &Adapter) -> anyhow::Result<()> {
         let mut chain = Chain::new(t, &store)?;
         let f = updates.get(&t.name);
         for i in 0..chain.lengths.len() {
+            let Some(f) = f else {
+                // Unchanged: written straight from the mapped object.
+                out.write_all(&chain.piece(i)?)?;
+                continue;
+            };
             let mut bytes = chain.chunk(i)?;
-            if let Some(f) = f {
-                let tg = target(&t.name, &t.dtype, &t.shape)?;
-                let row0 = t.chunk_rows.unwrap_or(0) * i as u64;
-                f.apply(&tg, row0, &mut bytes)
-                    .map_err(|m| anyhow::anyhow!("tensor `{}`: {m}", t.name))?;
-            }
+            let tg = target(&t.name, &t.dtype, &t.shape)?;
+            let row0 = t.chunk_rows.unwrap_or(0) * i as u64;
+            f.apply(&tg, row0, &mut bytes)
+                .map_err(|m| anyhow::anyhow!("tensor `{}`: {m}", t.name))?;
             out.write_all(&bytes)?;
         }
     }

@@ -181,14 +181,14 @@ pub(super) fn clean_against(
                 tensor: info.name.clone(),
             });
         }
-        let old = chain.chunk(i).map_err(|e| base_err(e.to_string()))?;
+        let old = chain.piece(i).map_err(|e| base_err(e.to_string()))?;
         stats.add(&info.name, buf);
         if let Some(f) = factored {
-            let mut expect = old.clone();
+            let mut expect = old.to_vec();
             let row0 = rows_per * i as u64;
             let same = f.apply(&target, row0, &mut expect).is_ok() && expect == *buf;
             if same {
-                tally.changed |= old != *buf;
+                tally.changed |= old[..] != buf[..];
                 continue;
             }
             eprintln!(

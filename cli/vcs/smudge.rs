@@ -249,7 +249,7 @@ pub fn write_tensor(
     let mut chain = Chain::new(t, store)?;
     let mut n = 0;
     for i in 0..chain.lengths.len() {
-        let raw = chain.chunk(i)?;
+        let raw = chain.piece(i)?;
         out.write_all(&raw).map_err(SmudgeError::Write)?;
         n += raw.len() as u64;
     }
@@ -333,6 +333,33 @@ impl<'a> Chain<'a> {
             std::borrow::Cow::Borrowed(_) => None,
         };
         Ok(decoded.unwrap_or(stored))
+    }
+
+    /// The bytes of chunk `i`, mapped from the store when the tensor has no
+    /// updates and its encoding stores the bytes as they are (no copy, no
+    /// fresh memory), else rebuilt as [`Chain::chunk`] does: for readers
+    /// that only look at the bytes.
+    pub fn piece(&mut self, i: usize) -> Result<Piece, SmudgeError> {
+        if self.dtype.is_some() {
+            return self.chunk(i).map(Piece::Owned);
+        }
+        let o = &self.t.objects[i];
+        let map = self
+            .store
+            .map(&o.oid, o.size)
+            .map_err(|source| SmudgeError::Object {
+                tensor: Some(self.t.name.clone()),
+                source,
+            })?;
+        let as_is = matches!(
+            self.codec.decode(&map, self.lengths[i]),
+            Ok(std::borrow::Cow::Borrowed(b)) if b.len() == map.len()
+        );
+        if as_is {
+            Ok(Piece::Mapped(map))
+        } else {
+            self.chunk(i).map(Piece::Owned)
+        }
     }
 
     /// The bytes of chunk `i`.
