@@ -237,23 +237,76 @@ fn bf16_at(path: &Path, name: &str, index: usize) -> f32 {
     v[index]
 }
 
+/// A repository with the example model committed, and a copy of that base,
+/// for side-loading adapters onto it.
+struct Based {
+    s: Sandbox,
+    repo: std::path::PathBuf,
+    model: std::path::PathBuf,
+    base_copy: std::path::PathBuf,
+}
+
+impl Based {
+    fn new() -> Based {
+        let s = Sandbox::new();
+        let repo = s.repo("repo");
+        let model = example(&s, &repo);
+        let base_copy = s.tmp.path().join("base.safetensors");
+        std::fs::copy(&model, &base_copy).expect("copy");
+        Based {
+            s,
+            repo,
+            model,
+            base_copy,
+        }
+    }
+
+    /// An adapter folder `name` holding `config` as adapter_config.json.
+    fn adapter(&self, name: &str, config: &str) -> std::path::PathBuf {
+        let dir = self.s.tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("adapter_config.json"), config).expect("config");
+        dir
+    }
+
+    /// `git theta add --update-data DIR`, then a commit: the SHA-256 of
+    /// the file add wrote, the status being clean.
+    fn side_load(&self, dir: &Path) -> String {
+        let dir = dir.to_str().expect("utf-8");
+        let (s, repo) = (&self.s, &self.repo);
+        s.git(
+            repo,
+            &["theta", "add", "m/model.safetensors", "--update-data", dir],
+        );
+        let written = sha256_file(&self.model);
+        s.git(repo, &["commit", "-qm", "side-loaded"]);
+        clean(s, repo);
+        written
+    }
+
+    /// Checkout of the base commit gives the base back, and of main the file
+    /// add wrote.
+    fn checks_out(&self, written: &str) {
+        let (s, repo) = (&self.s, &self.repo);
+        s.git(repo, &["checkout", "-q", "HEAD~1"]);
+        assert_eq!(sha256_file(&self.model), sha256_file(&self.base_copy));
+        s.git(repo, &["checkout", "-q", "main"]);
+        assert_eq!(sha256_file(&self.model), written);
+        clean(s, repo);
+    }
+}
+
 #[test]
 fn a_peft_lora_adapter_with_rank_and_alpha_patterns_is_side_loaded() {
-    let s = Sandbox::new();
-    let repo = s.repo("repo");
-    let model = example(&s, &repo);
-    let base_copy = s.tmp.path().join("base.safetensors");
-    std::fs::copy(&model, &base_copy).expect("copy");
-    let adapter = s.tmp.path().join("adapter");
-    std::fs::create_dir_all(&adapter).expect("mkdir");
-    std::fs::write(
-        adapter.join("adapter_config.json"),
+    let b = Based::new();
+    let (s, repo, model, base_copy) = (&b.s, &b.repo, &b.model, &b.base_copy);
+    let adapter = b.adapter(
+        "adapter",
         r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["q_proj","v_proj"],
            "rank_pattern":{"model.layers.1.self_attn.v_proj":2},
            "alpha_pattern":{"layers.1.self_attn.v_proj":16},
            "fan_in_fan_out":false,"use_rslora":false,"bias":"none"}"#,
-    )
-    .expect("config");
+    );
     let p = "base_model.model.model.layers";
     write_f32(
         &adapter.join("adapter_model.safetensors"),
@@ -280,13 +333,9 @@ fn a_peft_lora_adapter_with_rank_and_alpha_patterns_is_side_loaded() {
             ),
         ],
     );
-    let a = adapter.to_str().expect("utf-8");
-    s.git(
-        &repo,
-        &["theta", "add", "m/model.safetensors", "--update-data", a],
-    );
-    let written = sha256_file(&model);
+    let written = b.side_load(&adapter);
     // Exactly what apply-lora writes from the base.
+    let a = adapter.to_str().expect("utf-8");
     let out = s.tmp.path().join("merged.safetensors");
     let base = base_copy.to_str().expect("utf-8");
     s.git(
@@ -301,8 +350,6 @@ fn a_peft_lora_adapter_with_rank_and_alpha_patterns_is_side_loaded() {
         ],
     );
     assert_eq!(sha256_file(&out), written);
-    s.git(&repo, &["commit", "-qm", "lora"]);
-    clean(&s, &repo);
     assert_eq!(update_of(&s, &repo, "HEAD", Q0), ("low-rank".to_owned(), 1));
     let v1 = "model.layers.1.self_attn.v_proj.weight";
     assert_eq!(update_of(&s, &repo, "HEAD", v1).0, "low-rank");
@@ -319,28 +366,17 @@ fn a_peft_lora_adapter_with_rank_and_alpha_patterns_is_side_loaded() {
         (got - want).abs() <= want.abs() / 128.0 + 1e-6,
         "{got} vs {want}"
     );
-    // Checkout rebuilds the same bytes.
-    s.git(&repo, &["checkout", "-q", "HEAD~1"]);
-    assert_eq!(sha256_file(&model), sha256_file(&base_copy));
-    s.git(&repo, &["checkout", "-q", "main"]);
-    assert_eq!(sha256_file(&model), written);
-    clean(&s, &repo);
+    b.checks_out(&written);
 }
 
 #[test]
 fn an_ia3_adapter_scales_rows_and_feed_forward_columns() {
-    let s = Sandbox::new();
-    let repo = s.repo("repo");
-    let model = example(&s, &repo);
-    let base_copy = s.tmp.path().join("base.safetensors");
-    std::fs::copy(&model, &base_copy).expect("copy");
-    let adapter = s.tmp.path().join("ia3");
-    std::fs::create_dir_all(&adapter).expect("mkdir");
-    std::fs::write(
-        adapter.join("adapter_config.json"),
+    let b = Based::new();
+    let (s, repo, model, base_copy) = (&b.s, &b.repo, &b.model, &b.base_copy);
+    let adapter = b.adapter(
+        "ia3",
         r#"{"peft_type":"IA3","target_modules":["k_proj","down_proj"],"feedforward_modules":["down_proj"],"fan_in_fan_out":false}"#,
-    )
-    .expect("config");
+    );
     let p = "base_model.model.model.layers.0";
     let k: Vec<f32> = (0..128).map(|i| 1.0 + i as f32 / 128.0).collect();
     let d: Vec<f32> = (0..688).map(|i| 2.0 - i as f32 / 688.0).collect();
@@ -359,14 +395,7 @@ fn an_ia3_adapter_scales_rows_and_feed_forward_columns() {
             ),
         ],
     );
-    let a = adapter.to_str().expect("utf-8");
-    s.git(
-        &repo,
-        &["theta", "add", "m/model.safetensors", "--update-data", a],
-    );
-    let written = sha256_file(&model);
-    s.git(&repo, &["commit", "-qm", "ia3"]);
-    clean(&s, &repo);
+    let written = b.side_load(&adapter);
     let kp = "model.layers.0.self_attn.k_proj.weight";
     let dp = "model.layers.0.mlp.down_proj.weight";
     assert_eq!(update_of(&s, &repo, "HEAD", kp).0, "ia3");
@@ -381,10 +410,7 @@ fn an_ia3_adapter_scales_rows_and_feed_forward_columns() {
         bf16_at(&model, dp, 2 * 688 + 7),
         bf16_at(&base_copy, dp, 2 * 688 + 7) * d[7]
     ));
-    s.git(&repo, &["checkout", "-q", "HEAD~1"]);
-    s.git(&repo, &["checkout", "-q", "main"]);
-    assert_eq!(sha256_file(&model), written);
-    clean(&s, &repo);
+    b.checks_out(&written);
 }
 
 #[test]
@@ -421,56 +447,43 @@ fn shape_of(path: &Path, name: &str) -> Vec<u64> {
 
 #[test]
 fn a_lora_on_the_embedding_is_transposed_as_peft_merges_it() {
-    let s = Sandbox::new();
-    let repo = s.repo("repo");
-    let model = example(&s, &repo);
-    let base_copy = s.tmp.path().join("base.safetensors");
-    std::fs::copy(&model, &base_copy).expect("copy");
+    let b = Based::new();
+    let (s, repo, model, base_copy) = (&b.s, &b.repo, &b.model, &b.base_copy);
     let emb = "model.embed_tokens.weight";
     let [vocab, hidden] = shape_of(&model, emb)[..] else {
         panic!("embedding is 2-D");
     };
     let (vocab, hidden) = (vocab as usize, hidden as usize);
-    let adapter = s.tmp.path().join("adapter");
-    std::fs::create_dir_all(&adapter).expect("mkdir");
-    std::fs::write(
-        adapter.join("adapter_config.json"),
+    let adapter = b.adapter(
+        "adapter",
         r#"{"peft_type":"LORA","r":2,"lora_alpha":6,"target_modules":["embed_tokens"],"bias":"none"}"#,
-    )
-    .expect("config");
+    );
     // PEFT's Embedding layer: A is [r, num_embeddings], B [embedding_dim, r],
     // keys without `.weight`, and ΔW = (B·A)ᵀ·s.
-    let (a, b) = (values(2 * vocab, 5), values(hidden * 2, 6));
+    let (fa, fb) = (values(2 * vocab, 5), values(hidden * 2, 6));
     write_f32(
         &adapter.join("adapter_model.safetensors"),
         &[
             (
                 "base_model.model.model.embed_tokens.lora_embedding_A",
                 vec![2, vocab as u64],
-                a.clone(),
+                fa.clone(),
             ),
             (
                 "base_model.model.model.embed_tokens.lora_embedding_B",
                 vec![hidden as u64, 2],
-                b.clone(),
+                fb.clone(),
             ),
         ],
     );
-    let dir = adapter.to_str().expect("utf-8");
-    s.git(
-        &repo,
-        &["theta", "add", "m/model.safetensors", "--update-data", dir],
-    );
-    let written = sha256_file(&model);
-    s.git(&repo, &["commit", "-qm", "embedding lora"]);
-    clean(&s, &repo);
+    let written = b.side_load(&adapter);
     assert_eq!(
         update_of(&s, &repo, "HEAD", emb),
         ("low-rank".to_owned(), 1)
     );
     // Token 7, feature 3: base + 3·Σₖ A[k, 7]·B[3, k].
     let (tok, feat) = (7, 3);
-    let delta: f32 = (0..2).map(|k| a[k * vocab + tok] * b[feat * 2 + k]).sum();
+    let delta: f32 = (0..2).map(|k| fa[k * vocab + tok] * fb[feat * 2 + k]).sum();
     let want = bf16_at(&base_copy, emb, tok * hidden + feat) + 3.0 * delta;
     let got = bf16_at(&model, emb, tok * hidden + feat);
     assert!(
@@ -485,32 +498,22 @@ fn a_lora_on_the_embedding_is_transposed_as_peft_merges_it() {
         stored < (vocab * hidden * 2 / 10) as u64,
         "{stored} bytes stored for a rank-2 update"
     );
-    s.git(&repo, &["checkout", "-q", "HEAD~1"]);
-    assert_eq!(sha256_file(&model), sha256_file(&base_copy));
-    s.git(&repo, &["checkout", "-q", "main"]);
-    assert_eq!(sha256_file(&model), written);
-    clean(&s, &repo);
+    b.checks_out(&written);
 }
 
 #[test]
 fn an_ia3_adapter_with_fan_in_fan_out_scales_the_other_axis() {
-    let s = Sandbox::new();
-    let repo = s.repo("repo");
-    let model = example(&s, &repo);
-    let base_copy = s.tmp.path().join("base.safetensors");
-    std::fs::copy(&model, &base_copy).expect("copy");
+    let b = Based::new();
+    let (s, repo, model, base_copy) = (&b.s, &b.repo, &b.model, &b.base_copy);
     let kp = "model.layers.0.self_attn.k_proj.weight";
     let dp = "model.layers.0.mlp.down_proj.weight";
     let (ks, ds) = (shape_of(&model, kp), shape_of(&model, dp));
     let (k_rows, k_cols) = (ks[0] as usize, ks[1] as usize);
     let (d_rows, d_cols) = (ds[0] as usize, ds[1] as usize);
-    let adapter = s.tmp.path().join("ia3");
-    std::fs::create_dir_all(&adapter).expect("mkdir");
-    std::fs::write(
-        adapter.join("adapter_config.json"),
+    let adapter = b.adapter(
+        "ia3",
         r#"{"peft_type":"IA3","target_modules":["k_proj","down_proj"],"feedforward_modules":["down_proj"],"fan_in_fan_out":true}"#,
-    )
-    .expect("config");
+    );
     // Conv1D-style weights are [in, out]: k_proj's vector ([out, 1]) scales
     // its columns, down_proj's feed-forward one ([1, in]) its rows.
     let p = "base_model.model.model.layers.0";
@@ -531,14 +534,7 @@ fn an_ia3_adapter_with_fan_in_fan_out_scales_the_other_axis() {
             ),
         ],
     );
-    let dir = adapter.to_str().expect("utf-8");
-    s.git(
-        &repo,
-        &["theta", "add", "m/model.safetensors", "--update-data", dir],
-    );
-    let written = sha256_file(&model);
-    s.git(&repo, &["commit", "-qm", "ia3 conv1d"]);
-    clean(&s, &repo);
+    let written = b.side_load(&adapter);
     assert_eq!(update_of(&s, &repo, "HEAD", kp).0, "ia3");
     assert_eq!(update_of(&s, &repo, "HEAD", dp).0, "ia3");
     let close = |a: f32, b: f32| (a - b).abs() <= b.abs() / 128.0 + 1e-6;
@@ -560,9 +556,5 @@ fn an_ia3_adapter_with_fan_in_fan_out_scales_the_other_axis() {
             d[row]
         );
     }
-    s.git(&repo, &["checkout", "-q", "HEAD~1"]);
-    assert_eq!(sha256_file(&model), sha256_file(&base_copy));
-    s.git(&repo, &["checkout", "-q", "main"]);
-    assert_eq!(sha256_file(&model), written);
-    clean(&s, &repo);
+    b.checks_out(&written);
 }

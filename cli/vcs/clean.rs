@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{self, Cursor, Read, Write};
 
-use theta_engine::compute::Input;
+use theta_engine::compute::{Input, Moments, moments};
 use theta_engine::safetensors::header::{self, MAX_HEADER_LEN};
 use theta_engine::{DType, TensorInfo};
 
@@ -417,21 +417,15 @@ fn opaque(
     Ok(ctx.summary)
 }
 
-/// Elements of an F64 tensor converted at a time for statistics (F32, F16
-/// and BF16 go through the engine's vectorised `moments`); partial sums are
-/// kept per block and added in order.
+/// Elements of an F64 tensor narrowed at a time for statistics.
 const STATS_BLOCK: usize = 1 << 16;
 
-/// Running statistics of a tensor.
+/// Running statistics of a tensor: the engine's [`Moments`] of its chunks,
+/// added in order.
 pub(super) struct StatsAcc {
     dtype: DType,
     enabled: bool,
-    min: f32,
-    max: f32,
-    sum: f64,
-    sumsq: f64,
-    finite: u64,
-    nonfinite: u64,
+    moments: Moments,
     scratch: Vec<f32>,
 }
 
@@ -440,12 +434,7 @@ impl StatsAcc {
         StatsAcc {
             dtype,
             enabled: matches!(dtype, DType::F64 | DType::F32 | DType::F16 | DType::BF16),
-            min: f32::INFINITY,
-            max: f32::NEG_INFINITY,
-            sum: 0.0,
-            sumsq: 0.0,
-            finite: 0,
-            nonfinite: 0,
+            moments: Moments::default(),
             scratch: Vec::new(),
         }
     }
@@ -454,16 +443,11 @@ impl StatsAcc {
         if !self.enabled {
             return;
         }
-        if matches!(self.dtype, DType::F32 | DType::F16 | DType::BF16) {
-            let m = theta_engine::compute::moments(Input::new(self.dtype, bytes));
-            self.min = self.min.min(m.min);
-            self.max = self.max.max(m.max);
-            self.sum += m.sum;
-            self.sumsq += m.sumsq;
-            self.finite += m.finite;
-            self.nonfinite += m.nonfinite;
+        if self.dtype != DType::F64 {
+            self.moments.add(&moments(Input::new(self.dtype, bytes)));
             return;
         }
+        // The engine's math is f32: F64 is narrowed block by block.
         let size = self.dtype.size();
         for block in bytes.chunks(STATS_BLOCK * size) {
             self.scratch.resize(block.len() / size, 0.0);
@@ -472,37 +456,24 @@ impl StatsAcc {
                 self.enabled = false;
                 return;
             }
-            let (mut s, mut sq) = (0f64, 0f64);
-            for &x in &self.scratch {
-                if x.is_finite() {
-                    self.min = self.min.min(x);
-                    self.max = self.max.max(x);
-                    let x = f64::from(x);
-                    s += x;
-                    sq += x * x;
-                    self.finite += 1;
-                } else {
-                    self.nonfinite += 1;
-                }
-            }
-            self.sum += s;
-            self.sumsq += sq;
+            self.moments.add(&moments(Input::f32(&self.scratch)));
         }
     }
 
     pub(super) fn finish(self) -> Option<Stats> {
-        if !self.enabled || self.finite == 0 {
+        let m = self.moments;
+        if !self.enabled || m.finite == 0 {
             return None;
         }
-        let n = self.finite as f64;
-        let mean = self.sum / n;
-        let var = (self.sumsq / n - mean * mean).max(0.0);
+        let n = m.finite as f64;
+        let mean = m.sum / n;
+        let var = (m.sumsq / n - mean * mean).max(0.0);
         Some(Stats {
-            min: self.min,
-            max: self.max,
+            min: m.min,
+            max: m.max,
             mean: mean as f32,
             std: var.sqrt() as f32,
-            nonfinite: self.nonfinite,
+            nonfinite: m.nonfinite,
         })
     }
 }
