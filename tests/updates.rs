@@ -339,7 +339,7 @@ fn a_peft_lora_adapter_with_rank_and_alpha_patterns_is_side_loaded() {
     let out = s.tmp.path().join("merged.safetensors");
     let base = base_copy.to_str().expect("utf-8");
     s.git(
-        &repo,
+        repo,
         &[
             "theta",
             "apply-lora",
@@ -350,18 +350,18 @@ fn a_peft_lora_adapter_with_rank_and_alpha_patterns_is_side_loaded() {
         ],
     );
     assert_eq!(sha256_file(&out), written);
-    assert_eq!(update_of(&s, &repo, "HEAD", Q0), ("low-rank".to_owned(), 1));
+    assert_eq!(update_of(s, repo, "HEAD", Q0), ("low-rank".to_owned(), 1));
     let v1 = "model.layers.1.self_attn.v_proj.weight";
-    assert_eq!(update_of(&s, &repo, "HEAD", v1).0, "low-rank");
+    assert_eq!(update_of(s, repo, "HEAD", v1).0, "low-rank");
     assert_eq!(
-        update_of(&s, &repo, "HEAD", "model.layers.1.self_attn.q_proj.weight").0,
+        update_of(s, repo, "HEAD", "model.layers.1.self_attn.q_proj.weight").0,
         "dense"
     );
     // Scales: alpha / r = 2 for q_proj; 16 / 2 = 8 for v_proj (patterns).
     let (a1, b1) = (values(512, 3), values(256, 4));
     let delta: f32 = (0..2).map(|k| b1[k] * a1[k * 256]).sum();
-    let want = bf16_at(&base_copy, v1, 0) + 8.0 * delta;
-    let got = bf16_at(&model, v1, 0);
+    let want = bf16_at(base_copy, v1, 0) + 8.0 * delta;
+    let got = bf16_at(model, v1, 0);
     assert!(
         (got - want).abs() <= want.abs() / 128.0 + 1e-6,
         "{got} vs {want}"
@@ -398,17 +398,17 @@ fn an_ia3_adapter_scales_rows_and_feed_forward_columns() {
     let written = b.side_load(&adapter);
     let kp = "model.layers.0.self_attn.k_proj.weight";
     let dp = "model.layers.0.mlp.down_proj.weight";
-    assert_eq!(update_of(&s, &repo, "HEAD", kp).0, "ia3");
-    assert_eq!(update_of(&s, &repo, "HEAD", dp).0, "ia3");
+    assert_eq!(update_of(s, repo, "HEAD", kp).0, "ia3");
+    assert_eq!(update_of(s, repo, "HEAD", dp).0, "ia3");
     // k_proj row 5 scaled by k[5]; down_proj column 7 by d[7].
     let close = |a: f32, b: f32| (a - b).abs() <= b.abs() / 128.0 + 1e-6;
     assert!(close(
-        bf16_at(&model, kp, 5 * 256 + 3),
-        bf16_at(&base_copy, kp, 5 * 256 + 3) * k[5]
+        bf16_at(model, kp, 5 * 256 + 3),
+        bf16_at(base_copy, kp, 5 * 256 + 3) * k[5]
     ));
     assert!(close(
-        bf16_at(&model, dp, 2 * 688 + 7),
-        bf16_at(&base_copy, dp, 2 * 688 + 7) * d[7]
+        bf16_at(model, dp, 2 * 688 + 7),
+        bf16_at(base_copy, dp, 2 * 688 + 7) * d[7]
     ));
     b.checks_out(&written);
 }
@@ -450,7 +450,7 @@ fn a_lora_on_the_embedding_is_transposed_as_peft_merges_it() {
     let b = Based::new();
     let (s, repo, model, base_copy) = (&b.s, &b.repo, &b.model, &b.base_copy);
     let emb = "model.embed_tokens.weight";
-    let [vocab, hidden] = shape_of(&model, emb)[..] else {
+    let [vocab, hidden] = shape_of(model, emb)[..] else {
         panic!("embedding is 2-D");
     };
     let (vocab, hidden) = (vocab as usize, hidden as usize);
@@ -477,21 +477,18 @@ fn a_lora_on_the_embedding_is_transposed_as_peft_merges_it() {
         ],
     );
     let written = b.side_load(&adapter);
-    assert_eq!(
-        update_of(&s, &repo, "HEAD", emb),
-        ("low-rank".to_owned(), 1)
-    );
+    assert_eq!(update_of(s, repo, "HEAD", emb), ("low-rank".to_owned(), 1));
     // Token 7, feature 3: base + 3·Σₖ A[k, 7]·B[3, k].
     let (tok, feat) = (7, 3);
     let delta: f32 = (0..2).map(|k| fa[k * vocab + tok] * fb[feat * 2 + k]).sum();
-    let want = bf16_at(&base_copy, emb, tok * hidden + feat) + 3.0 * delta;
-    let got = bf16_at(&model, emb, tok * hidden + feat);
+    let want = bf16_at(base_copy, emb, tok * hidden + feat) + 3.0 * delta;
+    let got = bf16_at(model, emb, tok * hidden + feat);
     assert!(
         (got - want).abs() <= want.abs() / 128.0 + 1e-6,
         "{got} vs {want}"
     );
     // The committed stored form is the factors, not the embedding.
-    let stored = entry(&s, &repo, "HEAD", emb)["objects"][0]["size"]
+    let stored = entry(s, repo, "HEAD", emb)["objects"][0]["size"]
         .as_u64()
         .expect("size");
     assert!(
@@ -507,7 +504,7 @@ fn an_ia3_adapter_with_fan_in_fan_out_scales_the_other_axis() {
     let (s, repo, model, base_copy) = (&b.s, &b.repo, &b.model, &b.base_copy);
     let kp = "model.layers.0.self_attn.k_proj.weight";
     let dp = "model.layers.0.mlp.down_proj.weight";
-    let (ks, ds) = (shape_of(&model, kp), shape_of(&model, dp));
+    let (ks, ds) = (shape_of(model, kp), shape_of(model, dp));
     let (k_rows, k_cols) = (ks[0] as usize, ks[1] as usize);
     let (d_rows, d_cols) = (ds[0] as usize, ds[1] as usize);
     let adapter = b.adapter(
@@ -535,12 +532,12 @@ fn an_ia3_adapter_with_fan_in_fan_out_scales_the_other_axis() {
         ],
     );
     let written = b.side_load(&adapter);
-    assert_eq!(update_of(&s, &repo, "HEAD", kp).0, "ia3");
-    assert_eq!(update_of(&s, &repo, "HEAD", dp).0, "ia3");
+    assert_eq!(update_of(s, repo, "HEAD", kp).0, "ia3");
+    assert_eq!(update_of(s, repo, "HEAD", dp).0, "ia3");
     let close = |a: f32, b: f32| (a - b).abs() <= b.abs() / 128.0 + 1e-6;
     for (row, col) in [(0, 0), (5, 9), (k_rows - 1, k_cols - 1)] {
         let i = row * k_cols + col;
-        let (got, base) = (bf16_at(&model, kp, i), bf16_at(&base_copy, kp, i));
+        let (got, base) = (bf16_at(model, kp, i), bf16_at(base_copy, kp, i));
         assert!(
             close(got, base * k[col]),
             "k_proj[{row}, {col}]: {got} vs {base}·{}",
@@ -549,7 +546,7 @@ fn an_ia3_adapter_with_fan_in_fan_out_scales_the_other_axis() {
     }
     for (row, col) in [(0, 0), (9, 5), (d_rows - 1, d_cols - 1)] {
         let i = row * d_cols + col;
-        let (got, base) = (bf16_at(&model, dp, i), bf16_at(&base_copy, dp, i));
+        let (got, base) = (bf16_at(model, dp, i), bf16_at(base_copy, dp, i));
         assert!(
             close(got, base * d[row]),
             "down_proj[{row}, {col}]: {got} vs {base}·{}",

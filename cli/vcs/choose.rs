@@ -227,10 +227,11 @@ pub(super) fn clean_against(
     if !tally.changed {
         return Ok(prev.clone());
     }
-    if let Some(tol) = opts.tolerance {
-        if tally.old2 > 0.0 && (tally.diff2 / tally.old2).sqrt() < tol {
-            return Ok(prev.clone());
-        }
+    if let Some(tol) = opts.tolerance
+        && tally.old2 > 0.0
+        && (tally.diff2 / tally.old2).sqrt() < tol
+    {
+        return Ok(prev.clone());
     }
     let objects = if factored.is_some() {
         vec![]

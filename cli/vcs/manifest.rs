@@ -267,19 +267,18 @@ impl Manifest {
         for (i, line) in lines {
             tensors.push(serde_json::from_slice::<TensorEntry>(line).map_err(|e| bad(i, &e))?);
         }
-        if head.git_theta_manifest < VERSION {
-            if let Some(t) = tensors
+        if head.git_theta_manifest < VERSION
+            && let Some(t) = tensors
                 .iter()
                 .find(|t| t.update != DENSE || !t.base.is_empty())
-            {
-                return Err(bad(
-                    0,
-                    &format!(
-                        "version {} manifests hold dense tensors only, but `{}` is `{}`",
-                        head.git_theta_manifest, t.name, t.update
-                    ),
-                ));
-            }
+        {
+            return Err(bad(
+                0,
+                &format!(
+                    "version {} manifests hold dense tensors only, but `{}` is `{}`",
+                    head.git_theta_manifest, t.name, t.update
+                ),
+            ));
         }
         if tensors.len() as u64 != head.tensors {
             return Err(bad(

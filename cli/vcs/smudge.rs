@@ -217,7 +217,7 @@ pub fn raw_lengths(t: &TensorEntry) -> Result<Vec<u64>, SmudgeError> {
         None => Err(bad("several objects without chunk_rows")),
         Some(per) => {
             let rows = *t.shape.first().ok_or_else(|| bad("chunked scalar"))?;
-            if rows == 0 || per == 0 || t.size % rows != 0 {
+            if rows == 0 || per == 0 || !t.size.is_multiple_of(rows) {
                 return Err(bad("bad chunking"));
             }
             let row_bytes = t.size / rows;

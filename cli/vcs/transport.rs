@@ -39,10 +39,10 @@ pub fn manifests_between(
     let listing = String::from_utf8_lossy(&listing);
     let mut candidates = Vec::new();
     for line in listing.lines() {
-        if let Some((sha, path)) = line.split_once(' ') {
-            if !path.is_empty() {
-                candidates.push((sha.to_owned(), path.to_owned()));
-            }
+        if let Some((sha, path)) = line.split_once(' ')
+            && !path.is_empty()
+        {
+            candidates.push((sha.to_owned(), path.to_owned()));
         }
     }
     if candidates.is_empty() {
@@ -67,10 +67,11 @@ pub fn manifests_between(
             continue;
         }
         let blob = git::output(&["cat-file", "blob", sha], None)?;
-        if blob.success && looks_like_manifest(&blob.stdout) {
-            if let Ok(m) = Manifest::parse(&blob.stdout) {
-                out.push(m);
-            }
+        if blob.success
+            && looks_like_manifest(&blob.stdout)
+            && let Ok(m) = Manifest::parse(&blob.stdout)
+        {
+            out.push(m);
         }
     }
     Ok(out)

@@ -35,12 +35,12 @@ pub fn ask(
             writeln!(out, "{c} (not settled per tensor)")?;
             continue;
         };
-        if let Some((name, params)) = &for_all {
-            if let Ok(chosen) = policy::configure(name, params, name.clone(), "prompt") {
-                writeln!(out, "{tensor}: {name} (applied to all remaining)")?;
-                choices.push((tensor.clone(), chosen));
-                continue;
-            }
+        if let Some((name, params)) = &for_all
+            && let Ok(chosen) = policy::configure(name, params, name.clone(), "prompt")
+        {
+            writeln!(out, "{tensor}: {name} (applied to all remaining)")?;
+            choices.push((tensor.clone(), chosen));
+            continue;
         }
         loop {
             write!(out, "{tensor}: {}\n  strategy? ", c.reason)?;
