@@ -162,7 +162,7 @@ pub(super) fn clean_against(
         factored = None;
     }
     let force_list = opts.forced == Some(Forced::Sparse);
-    let mut stats = StatsAcc::new(info.dtype);
+    let mut stats = StatsAcc::new(info.dtype, ctx.stats);
     let mut tally = Tally {
         norms: opts.tolerance.is_some(),
         changed: false,

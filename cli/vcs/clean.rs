@@ -31,6 +31,9 @@ pub struct CleanOptions {
     /// How changed tensors are stored relative to their previous version
     /// (see [`choose`]).
     pub updates: UpdateOptions,
+    /// Whether to compute tensor statistics (`false`: the manifest's
+    /// entries have none; for a manifest only compared, never stored).
+    pub stats: bool,
 }
 
 /// A tensor's chunking in a previous manifest.
@@ -91,6 +94,7 @@ impl Default for CleanOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             previous: HashMap::new(),
             updates: UpdateOptions::default(),
+            stats: true,
         }
     }
 }
@@ -161,6 +165,8 @@ pub(super) fn read_full(input: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io:
 pub(super) struct Ctx<'a> {
     pub(super) sink: &'a dyn ObjectSink,
     summary: CleanSummary,
+    /// Whether tensor statistics are computed.
+    pub(super) stats: bool,
 }
 
 impl Ctx<'_> {
@@ -219,6 +225,7 @@ pub fn clean(
     let mut ctx = Ctx {
         sink,
         summary: CleanSummary::default(),
+        stats: opts.stats,
     };
     let mut prefix = [0u8; 8];
     let n = read_full(input, &mut prefix).map_err(CleanError::Read)?;
@@ -316,6 +323,7 @@ pub fn store_tensor(
     let mut ctx = Ctx {
         sink,
         summary: CleanSummary::default(),
+        stats: true,
     };
     let entry = clean_tensor(info, rows_per, input, &mut Vec::new(), &mut ctx)?;
     Ok((entry, ctx.summary))
@@ -330,6 +338,7 @@ pub fn store_object(
     let mut ctx = Ctx {
         sink,
         summary: CleanSummary::default(),
+        stats: true,
     };
     ctx.store(tensor, raw)
 }
@@ -348,7 +357,7 @@ fn clean_tensor(
         }
         _ => nbytes,
     };
-    let mut stats = StatsAcc::new(info.dtype);
+    let mut stats = StatsAcc::new(info.dtype, ctx.stats);
     let mut objects = Vec::new();
     let mut done = 0u64;
     while done < nbytes {
@@ -430,10 +439,11 @@ pub(super) struct StatsAcc {
 }
 
 impl StatsAcc {
-    pub(super) fn new(dtype: DType) -> StatsAcc {
+    /// Statistics of a `dtype` tensor, if `wanted` and it is a float one.
+    pub(super) fn new(dtype: DType, wanted: bool) -> StatsAcc {
         StatsAcc {
             dtype,
-            enabled: matches!(dtype, DType::F64 | DType::F32 | DType::F16 | DType::BF16),
+            enabled: wanted && matches!(dtype, DType::F64 | DType::F32 | DType::F16 | DType::BF16),
             moments: Moments::default(),
             scratch: Vec::new(),
         }

@@ -87,11 +87,16 @@ impl<'a> Version<'a> {
         };
         let f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
         let mut bytes = Vec::new();
+        // Only the object ids are compared: no statistics.
+        let options = CleanOptions {
+            stats: false,
+            ..options.clone()
+        };
         clean(
             &mut BufReader::with_capacity(1 << 20, f),
             &mut bytes,
             &DryRun,
-            options,
+            &options,
         )
         .map_err(|e| err(e.to_string()))?;
         let manifest = Manifest::parse(&bytes).map_err(|e| err(e.to_string()))?;
