@@ -399,3 +399,147 @@ impl<F> Drop for Stream<'_, F> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use bytemuck::bytes_of;
+    use theta_shaders::STATS;
+
+    use super::*;
+    use crate::compute::ComputeError;
+    use crate::compute::ops::{STATS_BLOCK, STATS_PARTIAL_WORDS, StatsParams};
+
+    /// Blocks per chunk: with 2 workgroups per dimension, a 2 × 2 grid.
+    const BLOCKS: usize = 3;
+    const PARTIAL: u64 = (STATS_PARTIAL_WORDS * 4) as u64;
+
+    /// The shared GPU, or `None` (saying why) when there is none and
+    /// `THETA_REQUIRE_GPU` is not 1.
+    fn gpu() -> Option<std::sync::Arc<GpuContext>> {
+        match GpuContext::shared() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                assert!(
+                    std::env::var("THETA_REQUIRE_GPU").as_deref() != Ok("1"),
+                    "THETA_REQUIRE_GPU=1 but {e}"
+                );
+                eprintln!("GPU test skipped: {e}");
+                None
+            }
+        }
+    }
+
+    /// Streams `chunks` chunks of the stats kernel whose `a` is all `i + 1`
+    /// in chunk `i` (and `b` zero), binding an oversized base on chunk
+    /// `bad`; returns the chunks consumed, checking each one's Σ a².
+    fn run(
+        gpu: &GpuContext,
+        tensor: &str,
+        chunks: usize,
+        bad: Option<usize>,
+        fail_at: Option<usize>,
+    ) -> (Vec<usize>, Result<()>) {
+        let pipeline = gpu.pipeline(&STATS, "stats", (0, 0)).expect("pipeline");
+        let len = BLOCKS * STATS_BLOCK;
+        let zero = gpu.uniform(&[0u8; 4]);
+        let b = vec![0f32; len];
+        let a: Vec<Vec<f32>> = (0..chunks).map(|i| vec![(i + 1) as f32; len]).collect();
+        let mut seen = Vec::new();
+        let mut stream = gpu.stream(tensor, &pipeline, |i, bytes| {
+            let words: &[u32] = bytemuck::cast_slice(bytes);
+            assert_eq!(words.len(), BLOCKS * STATS_PARTIAL_WORDS);
+            let v = (i + 1) as f32;
+            for w in words.chunks_exact(STATS_PARTIAL_WORDS) {
+                assert_eq!(
+                    f32::from_bits(w[0]),
+                    v * v * STATS_BLOCK as f32,
+                    "chunk {i}"
+                );
+            }
+            seen.push(i);
+            if fail_at == Some(i) {
+                return Err(gpu_err("consumer", "refused"));
+            }
+            Ok(())
+        });
+        let seg = (len * 4) as u64;
+        let params = StatsParams {
+            len: len as u32,
+            seg_words: (seg / 4) as u32,
+            has_base: 0,
+            pad: 0,
+        };
+        let ubuf = gpu.uniform(bytes_of(&params));
+        let mut result = Ok(());
+        for (i, a) in a.iter().enumerate() {
+            let base_size = if bad == Some(i) { 1 << 20 } else { 4 };
+            let groups = BLOCKS as u32;
+            let (x, y) = gpu.grid(groups);
+            result = stream.push(Chunk {
+                binds: vec![
+                    Bind::Buffer(&ubuf, 16),
+                    Bind::Upload(
+                        vec![
+                            (0, bytemuck::cast_slice(a)),
+                            (seg, bytemuck::cast_slice(&b)),
+                        ],
+                        2 * seg,
+                    ),
+                    Bind::Buffer(&zero, base_size),
+                    Bind::Output(u64::from(x * y) * PARTIAL),
+                ],
+                groups,
+                read: u64::from(groups) * PARTIAL,
+            });
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = stream.finish();
+        } else {
+            drop(stream);
+        }
+        (seen, result)
+    }
+
+    #[test]
+    fn gpu_ring_consumes_every_chunk_in_order() {
+        let Some(shared) = gpu() else { return };
+        let gpu = shared.with_limits(1 << 20, 2);
+        // Fewer chunks than slots, as many, one more, and many laps.
+        for chunks in [0, 1, 2, RING_DEPTH, RING_DEPTH + 1, 4 * RING_DEPTH + 1] {
+            let (seen, r) = run(&gpu, "t", chunks, None, None);
+            r.expect("stream");
+            assert_eq!(seen, (0..chunks).collect::<Vec<_>>());
+            // Slots are reused as soon as they are free, so a short stream
+            // may need fewer than one per chunk; never more than the ring.
+            let kept = gpu.slots.lock().expect("slots").len();
+            assert!(
+                (chunks.min(1)..=RING_DEPTH).contains(&kept),
+                "{kept} idle slots after {chunks} chunks"
+            );
+        }
+    }
+
+    #[test]
+    fn gpu_ring_error_mid_stream_names_the_tensor_and_leaves_the_context_usable() {
+        let Some(shared) = gpu() else { return };
+        let gpu = shared.with_limits(1 << 20, 2);
+        let (seen, r) = run(&gpu, "layers.3.w", 2 * RING_DEPTH, Some(RING_DEPTH), None);
+        match r {
+            Err(ComputeError::Gpu { tensor, .. }) => assert_eq!(tensor, "layers.3.w"),
+            other => panic!("expected a GPU error naming the tensor, got {other:?}"),
+        }
+        // Only chunks before the bad one, in order (the rest were dropped).
+        assert_eq!(seen, (0..seen.len()).collect::<Vec<_>>());
+        assert!(seen.len() <= RING_DEPTH);
+        // A consumer's error stops the stream at that chunk.
+        let (seen, r) = run(&gpu, "t", 3 * RING_DEPTH, None, Some(2));
+        assert!(matches!(r, Err(ComputeError::Gpu { tensor, .. }) if tensor == "consumer"));
+        assert_eq!(seen, [0, 1, 2]);
+        // The pooled slots still work.
+        let (seen, r) = run(&gpu, "t", 2 * RING_DEPTH + 1, None, None);
+        r.expect("stream after errors");
+        assert_eq!(seen, (0..2 * RING_DEPTH + 1).collect::<Vec<_>>());
+    }
+}
