@@ -60,25 +60,19 @@ impl GpuContext {
     fn chunk_limit(&self) -> u64 {
         self.binding_limit.min(RING_CHUNK)
     }
+}
 
-    /// Elements per chunk so that `bytes_per_elem` bytes of each fit
-    /// `limit` bytes, rounded down to a multiple of `align`.
-    fn chunk_elems(
-        &self,
-        tensor: &str,
-        limit: u64,
-        bytes_per_elem: u64,
-        align: usize,
-    ) -> Result<usize> {
-        let ce = (limit / bytes_per_elem.max(1)) as usize / align * align;
-        if ce == 0 {
-            return Err(invalid(
-                tensor,
-                format!("{bytes_per_elem} bytes per element exceed the device's binding limit"),
-            ));
-        }
-        Ok(ce)
+/// Elements per chunk so that `bytes_per_elem` bytes of each fit
+/// `limit` bytes, rounded down to a multiple of `align`.
+fn chunk_elems(tensor: &str, limit: u64, bytes_per_elem: u64, align: usize) -> Result<usize> {
+    let ce = (limit / bytes_per_elem.max(1)) as usize / align * align;
+    if ce == 0 {
+        return Err(invalid(
+            tensor,
+            format!("{bytes_per_elem} bytes per element exceed the device's binding limit"),
+        ));
     }
+    Ok(ce)
 }
 
 impl Backend for GpuContext {
@@ -102,7 +96,7 @@ impl Backend for GpuContext {
             (dtype_code(tensor, in_dt)?, dtype_code(tensor, out_dtype)?),
         )?;
         let per_elem = (m * in_dt.size()).max(4) as u64;
-        let ce = self.chunk_elems(tensor, self.chunk_limit(), per_elem, 2 * WG as usize)?;
+        let ce = chunk_elems(tensor, self.chunk_limit(), per_elem, 2 * WG as usize)?;
         let model_buf = self.uniform(bytemuck::cast_slice(models));
         let osz = out_dtype.size();
         let zero = self.uniform(&[0u8; 4]);
@@ -154,7 +148,7 @@ impl Backend for GpuContext {
         let n = a.len();
         let pipeline = self.pipeline(&STATS, "stats", (dtype_code(tensor, a.dtype)?, 0))?;
         let per_elem = (2 * a.dtype.size()).max(4) as u64;
-        let ce = self.chunk_elems(tensor, self.chunk_limit(), per_elem, ops::STATS_BLOCK)?;
+        let ce = chunk_elems(tensor, self.chunk_limit(), per_elem, ops::STATS_BLOCK)?;
         let zero = self.uniform(&[0u8; 4]);
         let mut total = StatSums::default();
         // Block partials are summed in block order whatever the chunking,
@@ -223,7 +217,7 @@ impl Backend for GpuContext {
         let align = 4 * WG as usize;
         // A tensor that fits one binding is uploaded once for all four
         // passes; a larger one streams through the ring in every pass.
-        let whole = self.chunk_elems(tensor, self.binding_limit, per_elem, align)?;
+        let whole = chunk_elems(tensor, self.binding_limit, per_elem, align)?;
         let resident = if n <= whole {
             let seg = words_bytes(n, x.dtype);
             let input = self.upload(tensor, &[(0, x.bytes)], seg)?;
@@ -238,7 +232,7 @@ impl Backend for GpuContext {
         let ce = if resident.is_some() {
             n.max(1)
         } else {
-            self.chunk_elems(tensor, self.chunk_limit(), per_elem, align)?
+            chunk_elems(tensor, self.chunk_limit(), per_elem, align)?
         };
         let zero = self.uniform(&[0u8; 4]);
         let hist = self.take(STORAGE_OUT, 1024);

@@ -167,6 +167,81 @@ fn ensure(
     }
 }
 
+impl Slot {
+    /// Sizes the slot's buffers for `binds` and a `read`-byte readback, and
+    /// writes the uploads one after another into the staging buffer.
+    /// Returns each upload's (offset, size) in the staging buffer.
+    fn stage(
+        &mut self,
+        gpu: &GpuContext,
+        tensor: &str,
+        binds: &[Bind<'_>],
+        read: u64,
+    ) -> Result<Vec<(u64, u64)>> {
+        let mut areas = Vec::new();
+        let mut staged = 0;
+        for b in binds {
+            if let Bind::Upload(_, size) = b {
+                areas.push((staged, words(*size)));
+                staged += words(*size);
+            }
+        }
+        if staged > 0 {
+            if self.staging.as_ref().is_none_or(|s| s.size() < staged) {
+                self.staging = Some(gpu.mapped_staging(staged));
+            }
+            let staging = self.staging.as_ref().expect("staging was just ensured");
+            {
+                let mut view = staging
+                    .get_mapped_range_mut(0..staged)
+                    .map_err(|e| gpu_err(tensor, e))?;
+                let uploads = binds.iter().filter_map(|b| match b {
+                    Bind::Upload(parts, _) => Some(parts),
+                    _ => None,
+                });
+                for (parts, (at, _)) in uploads.zip(&areas) {
+                    for (off, bytes) in parts {
+                        let start = (at + off) as usize;
+                        view.slice(start..start + bytes.len())
+                            .copy_from_slice(bytes);
+                    }
+                }
+            }
+            staging.unmap();
+        }
+        for (i, (_, size)) in areas.iter().enumerate() {
+            ensure(gpu, &mut self.inputs, i, STORAGE_IN, *size);
+        }
+        let outputs = binds.iter().filter_map(|b| match b {
+            Bind::Output(size) => Some(words(*size)),
+            _ => None,
+        });
+        for (i, size) in outputs.enumerate() {
+            ensure(gpu, &mut self.outputs, i, STORAGE_OUT, size);
+        }
+        if read > 0 && self.readback.as_ref().is_none_or(|r| r.size() < read) {
+            let fresh = gpu.take(READBACK, read);
+            if let Some(old) = self.readback.replace(fresh) {
+                gpu.give(READBACK, old);
+            }
+        }
+        Ok(areas)
+    }
+
+    /// The buffer and bound size of each of `binds`, in binding order.
+    fn bound<'s>(&'s self, binds: &[Bind<'s>]) -> Vec<(&'s wgpu::Buffer, u64)> {
+        let (mut inputs, mut outputs) = (self.inputs.iter(), self.outputs.iter());
+        binds
+            .iter()
+            .map(|b| match b {
+                Bind::Buffer(buffer, size) => (*buffer, words(*size)),
+                Bind::Upload(_, size) => (inputs.next().expect("staged"), words(*size)),
+                Bind::Output(size) => (outputs.next().expect("staged"), words(*size)),
+            })
+            .collect()
+    }
+}
+
 impl<F> Stream<'_, F>
 where
     F: FnMut(usize, &[u8]) -> Result<()>,
@@ -197,68 +272,10 @@ where
         } = chunk;
         let read = if read > 0 { words(read) } else { 0 };
         let gpu = self.gpu;
-
-        // Lay the uploads out one after another in the staging buffer.
-        let mut areas = Vec::new();
-        let mut staged = 0;
-        for b in &binds {
-            if let Bind::Upload(parts, size) = b {
-                areas.push((parts, staged, words(*size)));
-                staged += words(*size);
-            }
-        }
-        if staged > 0 {
-            if slot.staging.as_ref().is_none_or(|s| s.size() < staged) {
-                slot.staging = Some(gpu.mapped_staging(staged));
-            }
-            let staging = slot.staging.as_ref().expect("staging was just ensured");
-            {
-                let mut view = staging
-                    .get_mapped_range_mut(0..staged)
-                    .map_err(|e| gpu_err(self.tensor, e))?;
-                for (parts, at, _) in &areas {
-                    for (off, bytes) in parts.iter() {
-                        let start = (at + off) as usize;
-                        view.slice(start..start + bytes.len())
-                            .copy_from_slice(bytes);
-                    }
-                }
-            }
-            staging.unmap();
-        }
-        for (i, (_, _, size)) in areas.iter().enumerate() {
-            ensure(gpu, &mut slot.inputs, i, STORAGE_IN, *size);
-        }
-        let mut outputs = 0;
-        for b in &binds {
-            if let Bind::Output(size) = b {
-                ensure(gpu, &mut slot.outputs, outputs, STORAGE_OUT, words(*size));
-                outputs += 1;
-            }
-        }
-        if read > 0 && slot.readback.as_ref().is_none_or(|r| r.size() < read) {
-            let fresh = gpu.take(READBACK, read);
-            if let Some(old) = slot.readback.replace(fresh) {
-                gpu.give(READBACK, old);
-            }
-        }
+        let areas = slot.stage(gpu, self.tensor, &binds, read)?;
 
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let (mut uploads, mut outputs) = (0, 0);
-        let bound: Vec<(&wgpu::Buffer, u64)> = binds
-            .iter()
-            .map(|b| match b {
-                Bind::Buffer(buffer, size) => (*buffer, words(*size)),
-                Bind::Upload(_, size) => {
-                    uploads += 1;
-                    (&slot.inputs[uploads - 1], words(*size))
-                }
-                Bind::Output(size) => {
-                    outputs += 1;
-                    (&slot.outputs[outputs - 1], words(*size))
-                }
-            })
-            .collect();
+        let bound = slot.bound(&binds);
         let entries: Vec<wgpu::BindGroupEntry<'_>> = bound
             .iter()
             .enumerate()
@@ -277,9 +294,10 @@ where
             entries: &entries,
         });
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        if let Some(staging) = slot.staging.as_ref().filter(|_| staged > 0) {
-            for (i, (_, at, size)) in areas.iter().enumerate() {
-                enc.copy_buffer_to_buffer(staging, *at, &slot.inputs[i], 0, *size);
+        let staging = slot.staging.as_ref().filter(|_| !areas.is_empty());
+        if let Some(staging) = staging {
+            for (input, (at, size)) in slot.inputs.iter().zip(&areas) {
+                enc.copy_buffer_to_buffer(staging, *at, input, 0, *size);
             }
         }
         {
@@ -301,7 +319,7 @@ where
             });
             pending += 1;
         }
-        if let Some(staging) = slot.staging.as_ref().filter(|_| staged > 0) {
+        if let Some(staging) = staging {
             enc.map_buffer_on_submit(staging, wgpu::MapMode::Write, .., move |r| {
                 let _ = tx.send(r);
             });
@@ -311,7 +329,6 @@ where
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(gpu_err(self.tensor, e));
         }
-        drop(bound);
         self.busy.push_back(Busy {
             chunk: self.next,
             slot,
