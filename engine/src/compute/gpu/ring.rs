@@ -88,8 +88,6 @@ pub(super) struct Stream<'g, F> {
     consume: F,
     free: Vec<Slot>,
     busy: VecDeque<Busy>,
-    /// Slots this stream owns (free or busy).
-    owned: usize,
     /// Index of the next chunk pushed.
     next: usize,
 }
@@ -117,7 +115,6 @@ impl GpuContext {
             consume,
             free: Vec::new(),
             busy: VecDeque::new(),
-            owned: 0,
             next: 0,
         }
     }
@@ -258,8 +255,9 @@ where
             if let Some(s) = self.free.pop() {
                 break s;
             }
-            if self.owned < RING_DEPTH {
-                self.owned += 1;
+            // No slot is free: all the slots this stream has are busy (a
+            // slot lost to an error no longer counts).
+            if self.busy.len() < RING_DEPTH {
                 break self.gpu.take_slot();
             }
             self.retire(true)?;
