@@ -422,6 +422,48 @@ fn chunking_and_2d_dispatch_on_small_limits() {
     }
 }
 
+// The chunk ring (3 slots) with fewer chunks than slots, as many, one more
+// and several laps: merges bit-identical to the CPU's, and statistics
+// bit-identical to one unchunked GPU pass (the same reduction order).
+#[cfg(feature = "gpu")]
+#[test]
+fn gpu_ring_chunk_counts_around_the_ring() {
+    let Ok(Device::Gpu(g)) = Device::gpu() else {
+        eprintln!("GPU variant skipped: no adapter");
+        return;
+    };
+    // Merge of 3 F32 models: 12 bytes per element, 2048-element chunks.
+    let merging = Device::Gpu(std::sync::Arc::new(g.with_limits(12 * 2048, 3)));
+    // Statistics of two F32 tensors: 8 bytes per element, one 4096-element
+    // block per chunk.
+    let counting = Device::Gpu(std::sync::Arc::new(g.with_limits(8 * 4096, 3)));
+    let whole = Device::Gpu(g);
+    for chunks in [1usize, 2, 3, 4, 7] {
+        for (n, per) in [(chunks * 2048, 2048), (chunks * 2048 - 5, 2048)] {
+            assert_eq!(n.div_ceil(per), chunks);
+            for (sp, comb) in [
+                (Sparsify::None, Combine::Linear),
+                (Sparsify::Magnitude, Combine::Ties),
+            ] {
+                let a = merge(&Device::Cpu, DType::F32, DType::F32, n, sp, comb, 0.5);
+                let b = merge(&merging, DType::F32, DType::F32, n, sp, comb, 0.5);
+                same_bits(&a, &b, DType::F32);
+            }
+        }
+        let n = chunks * 4096 - 5;
+        let (x, y, c) = (vals(n, 1), vals(n, 2), vals(n, 3));
+        let (x, y, c) = (Input::f32(&x), Input::f32(&y), Input::f32(&c));
+        let one = whole.diff_stats("t", x, y).expect("stats");
+        let many = counting.diff_stats("t", x, y).expect("stats");
+        assert_eq!(one, many, "{chunks} chunks");
+        let one = whole.delta_stats("t", c, x, y).expect("stats");
+        let many = counting.delta_stats("t", c, x, y).expect("stats");
+        assert_eq!(one, many, "{chunks} chunks, with a base");
+        let cpu = Device::Cpu.diff_stats("t", x, y).expect("stats");
+        assert_eq!((cpu.n, cpu.changed), (many.n, many.changed));
+    }
+}
+
 #[test]
 fn past_the_binding_limit() {
     // 40M f32 = 160 MB per tensor: more than lavapipe's 128 MiB per binding.

@@ -1,9 +1,11 @@
-//! The GPU side of each op: chunking, uploads, dispatch, readback.
+//! The GPU side of each op: how a tensor is cut into chunks and what each
+//! chunk binds; `ring.rs` pipelines the uploads, dispatches and readbacks.
 
 use bytemuck::bytes_of;
 use theta_shaders::{LOWRANK, MERGE, SELECT, STATS};
 
-use super::{GpuContext, STORAGE_OUT, WG, gpu_err};
+use super::ring::{Bind, Chunk, RING_CHUNK};
+use super::{GpuContext, STORAGE_IN, STORAGE_OUT, WG, gpu_err};
 use crate::DType;
 use crate::compute::ops::{
     self, LowRankParams, MergeParams, ModelParams, SelectParams, StatSums, StatsParams,
@@ -33,24 +35,44 @@ fn part<'a>(x: Input<'a>, start: usize, len: usize) -> &'a [u8] {
 const TILE_ROWS: usize = 8;
 const TILE_COLS: usize = 64;
 
+/// The base binding of a chunk: its part of the base, or one zero word.
+fn base_bind<'a>(
+    base: Option<Input<'a>>,
+    zero: &'a wgpu::Buffer,
+    start: usize,
+    len: usize,
+    seg: u64,
+) -> Bind<'a> {
+    match base {
+        Some(c) => Bind::Upload(vec![(0, part(c, start, len))], seg),
+        None => Bind::Buffer(zero, 4),
+    }
+}
+
 fn groups(tensor: &str, n: usize, per_group: usize) -> Result<u32> {
     u32::try_from(n.div_ceil(per_group))
         .map_err(|_| invalid(tensor, "too many workgroups for one chunk"))
 }
 
 impl GpuContext {
-    /// Elements per chunk so that `bytes_per_elem` bytes of each fit a
-    /// binding, rounded down to a multiple of `align`.
-    fn chunk_elems(&self, tensor: &str, bytes_per_elem: u64, align: usize) -> Result<usize> {
-        let ce = (self.binding_limit / bytes_per_elem.max(1)) as usize / align * align;
-        if ce == 0 {
-            return Err(invalid(
-                tensor,
-                format!("{bytes_per_elem} bytes per element exceed the device's binding limit"),
-            ));
-        }
-        Ok(ce)
+    /// Bytes per binding of a pipelined chunk: the ring's chunk, or less on
+    /// a device with smaller bindings.
+    fn chunk_limit(&self) -> u64 {
+        self.binding_limit.min(RING_CHUNK)
     }
+}
+
+/// Elements per chunk so that `bytes_per_elem` bytes of each fit
+/// `limit` bytes, rounded down to a multiple of `align`.
+fn chunk_elems(tensor: &str, limit: u64, bytes_per_elem: u64, align: usize) -> Result<usize> {
+    let ce = (limit / bytes_per_elem.max(1)) as usize / align * align;
+    if ce == 0 {
+        return Err(invalid(
+            tensor,
+            format!("{bytes_per_elem} bytes per element exceed the device's binding limit"),
+        ));
+    }
+    Ok(ce)
 }
 
 impl Backend for GpuContext {
@@ -74,9 +96,16 @@ impl Backend for GpuContext {
             (dtype_code(tensor, in_dt)?, dtype_code(tensor, out_dtype)?),
         )?;
         let per_elem = (m * in_dt.size()).max(4) as u64;
-        let ce = self.chunk_elems(tensor, per_elem, 2 * WG as usize)?;
+        let ce = chunk_elems(tensor, self.chunk_limit(), per_elem, 2 * WG as usize)?;
         let model_buf = self.uniform(bytemuck::cast_slice(models));
         let osz = out_dtype.size();
+        let zero = self.uniform(&[0u8; 4]);
+        let mut stream = self.stream(tensor, &pipeline, |i, bytes| {
+            let start = i * ce;
+            let dst = &mut out[start * osz..(start + ce.min(n - start)) * osz];
+            dst.copy_from_slice(&bytes[..dst.len()]);
+            Ok(())
+        });
         for start in (0..n).step_by(ce) {
             let len = ce.min(n - start);
             let seg = words_bytes(len, in_dt);
@@ -85,14 +114,6 @@ impl Backend for GpuContext {
                 .enumerate()
                 .map(|(i, x)| (i as u64 * seg, part(*x, start, len)))
                 .collect();
-            let input = self.upload(tensor, &parts, seg * m as u64)?;
-            let base_buf = match base {
-                Some(b) => self.upload(tensor, &[(0, part(b, start, len))], seg)?,
-                None => self.upload(tensor, &[(0, &[0u8; 4][..])], 4)?,
-            };
-            let base_size = if base.is_some() { seg } else { 4 };
-            let ob = out_bytes(len, out_dtype);
-            let output = self.take(STORAGE_OUT, ob);
             let params = MergeParams {
                 len: len as u32,
                 seg_words: (seg / 4) as u32,
@@ -101,26 +122,20 @@ impl Backend for GpuContext {
                 ..*p
             };
             let ubuf = self.uniform(bytes_of(&params));
-            let dst = &mut out[start * osz..(start + len) * osz];
-            self.dispatch(
-                tensor,
-                &pipeline,
-                &[
-                    (&ubuf, size_of::<MergeParams>() as u64),
-                    (&model_buf, (size_of::<ModelParams>() * m) as u64),
-                    (&input, seg * m as u64),
-                    (&base_buf, base_size),
-                    (&output, ob),
+            let ob = out_bytes(len, out_dtype);
+            stream.push(Chunk {
+                binds: vec![
+                    Bind::Buffer(&ubuf, size_of::<MergeParams>() as u64),
+                    Bind::Buffer(&model_buf, (size_of::<ModelParams>() * m) as u64),
+                    Bind::Upload(parts, seg * m as u64),
+                    base_bind(base, &zero, start, len, seg),
+                    Bind::Output(ob),
                 ],
-                groups(tensor, len.div_ceil(2), WG as usize)?,
-                ob,
-                |bytes| dst.copy_from_slice(&bytes[..dst.len()]),
-            )?;
-            self.give(super::STORAGE_IN, input);
-            self.give(super::STORAGE_IN, base_buf);
-            self.give(STORAGE_OUT, output);
+                groups: groups(tensor, len.div_ceil(2), WG as usize)?,
+                read: ob,
+            })?;
         }
-        Ok(())
+        stream.finish()
     }
 
     fn stats(
@@ -133,25 +148,35 @@ impl Backend for GpuContext {
         let n = a.len();
         let pipeline = self.pipeline(&STATS, "stats", (dtype_code(tensor, a.dtype)?, 0))?;
         let per_elem = (2 * a.dtype.size()).max(4) as u64;
-        let ce = self.chunk_elems(tensor, per_elem, ops::STATS_BLOCK)?;
+        let ce = chunk_elems(tensor, self.chunk_limit(), per_elem, ops::STATS_BLOCK)?;
+        let zero = self.uniform(&[0u8; 4]);
         let mut total = StatSums::default();
+        // Block partials are summed in block order whatever the chunking,
+        // since chunks are whole blocks and arrive in order.
+        let mut stream = self.stream(tensor, &pipeline, |_, bytes| {
+            let words: &[u32] = bytemuck::cast_slice(bytes);
+            for w in words.chunks_exact(ops::STATS_PARTIAL_WORDS) {
+                let f = |i: usize| f64::from(f32::from_bits(w[i]));
+                total.add(&StatSums {
+                    a2: f(0),
+                    b2: f(1),
+                    d2: f(2),
+                    dot: f(3),
+                    sum_d: f(4),
+                    max_abs_d: f32::from_bits(w[5]),
+                    changed: u64::from(w[6]),
+                    nonfinite_a: u64::from(w[7]),
+                    nonfinite_b: u64::from(w[8]),
+                    n: 0,
+                });
+            }
+            Ok(())
+        });
         for start in (0..n).step_by(ce) {
             let len = ce.min(n - start);
             let seg = words_bytes(len, a.dtype);
-            let input = self.upload(
-                tensor,
-                &[(0, part(a, start, len)), (seg, part(b, start, len))],
-                2 * seg,
-            )?;
-            let base_buf = match base {
-                Some(c) => self.upload(tensor, &[(0, part(c, start, len))], seg)?,
-                None => self.upload(tensor, &[(0, &[0u8; 4][..])], 4)?,
-            };
-            let base_size = if base.is_some() { seg } else { 4 };
             let g = groups(tensor, len, ops::STATS_BLOCK)?;
             let (x, y) = self.grid(g);
-            let pbytes = (x as u64 * y as u64) * (ops::STATS_PARTIAL_WORDS * 4) as u64;
-            let partials = self.take(STORAGE_OUT, pbytes);
             let params = StatsParams {
                 len: len as u32,
                 seg_words: (seg / 4) as u32,
@@ -159,42 +184,23 @@ impl Backend for GpuContext {
                 pad: 0,
             };
             let ubuf = self.uniform(bytes_of(&params));
-            let read = g as u64 * (ops::STATS_PARTIAL_WORDS * 4) as u64;
-            self.dispatch(
-                tensor,
-                &pipeline,
-                &[
-                    (&ubuf, 16),
-                    (&input, 2 * seg),
-                    (&base_buf, base_size),
-                    (&partials, pbytes),
+            let partial = (ops::STATS_PARTIAL_WORDS * 4) as u64;
+            stream.push(Chunk {
+                binds: vec![
+                    Bind::Buffer(&ubuf, 16),
+                    Bind::Upload(
+                        vec![(0, part(a, start, len)), (seg, part(b, start, len))],
+                        2 * seg,
+                    ),
+                    base_bind(base, &zero, start, len, seg),
+                    Bind::Output(u64::from(x) * u64::from(y) * partial),
                 ],
-                g,
-                read,
-                |bytes| {
-                    let words: &[u32] = bytemuck::cast_slice(&bytes[..read as usize]);
-                    for w in words.chunks_exact(ops::STATS_PARTIAL_WORDS) {
-                        let f = |i: usize| f64::from(f32::from_bits(w[i]));
-                        total.add(&StatSums {
-                            a2: f(0),
-                            b2: f(1),
-                            d2: f(2),
-                            dot: f(3),
-                            sum_d: f(4),
-                            max_abs_d: f32::from_bits(w[5]),
-                            changed: u64::from(w[6]),
-                            nonfinite_a: u64::from(w[7]),
-                            nonfinite_b: u64::from(w[8]),
-                            n: 0,
-                        });
-                    }
-                },
-            )?;
-            total.n += len as u64;
-            self.give(super::STORAGE_IN, input);
-            self.give(super::STORAGE_IN, base_buf);
-            self.give(STORAGE_OUT, partials);
+                groups: g,
+                read: u64::from(g) * partial,
+            })?;
         }
+        stream.finish()?;
+        total.n = n as u64;
         Ok(total)
     }
 
@@ -207,31 +213,58 @@ impl Backend for GpuContext {
     ) -> Result<u32> {
         let n = x.len();
         let pipeline = self.pipeline(&SELECT, "histogram", (dtype_code(tensor, x.dtype)?, 0))?;
-        let ce = self.chunk_elems(tensor, x.dtype.size().max(4) as u64, 4 * WG as usize)?;
-        let single = n <= ce;
-        let mut cached: Option<(wgpu::Buffer, wgpu::Buffer)> = None;
+        let per_elem = x.dtype.size().max(4) as u64;
+        let align = 4 * WG as usize;
+        // A tensor that fits one binding is uploaded once for all four
+        // passes; a larger one streams through the ring in every pass.
+        let whole = chunk_elems(tensor, self.binding_limit, per_elem, align)?;
+        let resident = if n <= whole {
+            let seg = words_bytes(n, x.dtype);
+            let input = self.upload(tensor, &[(0, x.bytes)], seg)?;
+            let base_buf = match base {
+                Some(c) => Some(self.upload(tensor, &[(0, c.bytes)], seg)?),
+                None => None,
+            };
+            Some((input, base_buf, seg))
+        } else {
+            None
+        };
+        let ce = if resident.is_some() {
+            n.max(1)
+        } else {
+            chunk_elems(tensor, self.chunk_limit(), per_elem, align)?
+        };
+        let zero = self.uniform(&[0u8; 4]);
+        let hist = self.take(STORAGE_OUT, 1024);
         let mut remaining = k as u64;
         let mut prefix = 0u32;
         for shift in [24u32, 16, 8, 0] {
-            let hist = self.take(STORAGE_OUT, 1024);
             let mut enc = self.device.create_command_encoder(&Default::default());
             enc.clear_buffer(&hist, 0, Some(1024));
             self.queue.submit([enc.finish()]);
             let mut counts = [0u32; 256];
+            // The histogram accumulates over the chunks; only the last
+            // chunk reads it back.
+            let mut stream = self.stream(tensor, &pipeline, |_, bytes| {
+                counts.copy_from_slice(bytemuck::cast_slice(&bytes[..1024]));
+                Ok(())
+            });
             for start in (0..n).step_by(ce) {
                 let len = ce.min(n - start);
                 let seg = words_bytes(len, x.dtype);
-                let (input, base_buf) = match cached.take() {
-                    Some(bufs) => bufs,
-                    None => (
-                        self.upload(tensor, &[(0, part(x, start, len))], seg)?,
-                        match base {
-                            Some(c) => self.upload(tensor, &[(0, part(c, start, len))], seg)?,
-                            None => self.upload(tensor, &[(0, &[0u8; 4][..])], 4)?,
+                let (input, base_b) = match &resident {
+                    Some((input, base_buf, seg)) => (
+                        Bind::Buffer(input, *seg),
+                        match base_buf {
+                            Some(b) => Bind::Buffer(b, *seg),
+                            None => Bind::Buffer(&zero, 4),
                         },
                     ),
+                    None => (
+                        Bind::Upload(vec![(0, part(x, start, len))], seg),
+                        base_bind(base, &zero, start, len, seg),
+                    ),
                 };
-                let base_size = if base.is_some() { seg } else { 4 };
                 let params = SelectParams {
                     len: len as u32,
                     has_base: u32::from(base.is_some()),
@@ -239,27 +272,18 @@ impl Backend for GpuContext {
                     prefix,
                 };
                 let ubuf = self.uniform(bytes_of(&params));
-                self.dispatch(
-                    tensor,
-                    &pipeline,
-                    &[
-                        (&ubuf, 16),
-                        (&input, seg),
-                        (&base_buf, base_size),
-                        (&hist, 1024),
+                stream.push(Chunk {
+                    binds: vec![
+                        Bind::Buffer(&ubuf, 16),
+                        input,
+                        base_b,
+                        Bind::Buffer(&hist, 1024),
                     ],
-                    groups(tensor, len, 4 * WG as usize)?,
-                    1024,
-                    |bytes| counts.copy_from_slice(bytemuck::cast_slice(&bytes[..1024])),
-                )?;
-                if single {
-                    cached = Some((input, base_buf));
-                } else {
-                    self.give(super::STORAGE_IN, input);
-                    self.give(super::STORAGE_IN, base_buf);
-                }
+                    groups: groups(tensor, len, align)?,
+                    read: if start + len == n { 1024 } else { 0 },
+                })?;
             }
-            self.give(STORAGE_OUT, hist);
+            stream.finish()?;
             let mut byte = None;
             for bin in (0..256).rev() {
                 let c = u64::from(counts[bin]);
@@ -277,9 +301,12 @@ impl Backend for GpuContext {
             })?;
             prefix = (prefix << 8) | byte;
         }
-        if let Some((input, base_buf)) = cached {
-            self.give(super::STORAGE_IN, input);
-            self.give(super::STORAGE_IN, base_buf);
+        self.give(STORAGE_OUT, hist);
+        if let Some((input, base_buf, _)) = resident {
+            self.give(STORAGE_IN, input);
+            if let Some(b) = base_buf {
+                self.give(STORAGE_IN, b);
+            }
         }
         Ok(prefix)
     }
@@ -314,25 +341,21 @@ impl Backend for GpuContext {
         }
         let a_buf = self.upload(tensor, &[(0, a.bytes)], a_bytes)?;
         let row_bytes = (cols.max(rank) * dt.size().max(osz)).max(1) as u64 + 4;
-        let rows_per = ((self.binding_limit / row_bytes) as usize / 2 * 2).max(2);
+        let rows_per = ((self.chunk_limit() / row_bytes) as usize / 2 * 2).max(2);
         if (rows_per * cols) as u64 * 4 > u64::from(u32::MAX) {
             return Err(invalid(tensor, "chunk too large"));
         }
+        let mut stream = self.stream(tensor, &pipeline, |i, bytes| {
+            let r0 = i * rows_per;
+            let len = rows_per.min(rows - r0) * cols;
+            let dst = &mut out[r0 * cols * osz..(r0 * cols + len) * osz];
+            dst.copy_from_slice(&bytes[..dst.len()]);
+            Ok(())
+        });
         for r0 in (0..rows).step_by(rows_per) {
             let nr = rows_per.min(rows - r0);
             let len = nr * cols;
-            let wb = self.upload(
-                tensor,
-                &[(0, part(w, r0 * cols, len))],
-                words_bytes(len, dt),
-            )?;
-            let bb = self.upload(
-                tensor,
-                &[(0, part(b, r0 * rank, nr * rank))],
-                words_bytes(nr * rank, dt),
-            )?;
             let ob = out_bytes(len, out_dtype);
-            let output = self.take(STORAGE_OUT, ob);
             let params = LowRankParams {
                 len: len as u32,
                 cols: cols as u32,
@@ -342,30 +365,27 @@ impl Backend for GpuContext {
                 pad: [0; 3],
             };
             let ubuf = self.uniform(bytes_of(&params));
-            let dst = &mut out[r0 * cols * osz..(r0 * cols + len) * osz];
-            self.dispatch(
-                tensor,
-                &pipeline,
-                &[
-                    (&ubuf, 32),
-                    (&wb, words_bytes(len, dt)),
-                    (&bb, words_bytes(nr * rank, dt)),
-                    (&a_buf, a_bytes),
-                    (&output, ob),
+            stream.push(Chunk {
+                binds: vec![
+                    Bind::Buffer(&ubuf, 32),
+                    Bind::Upload(vec![(0, part(w, r0 * cols, len))], words_bytes(len, dt)),
+                    Bind::Upload(
+                        vec![(0, part(b, r0 * rank, nr * rank))],
+                        words_bytes(nr * rank, dt),
+                    ),
+                    Bind::Buffer(&a_buf, a_bytes),
+                    Bind::Output(ob),
                 ],
-                if tiled {
+                groups: if tiled {
                     groups(tensor, nr.div_ceil(TILE_ROWS) * cols.div_ceil(TILE_COLS), 1)?
                 } else {
                     groups(tensor, len.div_ceil(2), WG as usize)?
                 },
-                ob,
-                |bytes| dst.copy_from_slice(&bytes[..dst.len()]),
-            )?;
-            self.give(super::STORAGE_IN, wb);
-            self.give(super::STORAGE_IN, bb);
-            self.give(STORAGE_OUT, output);
+                read: ob,
+            })?;
         }
-        self.give(super::STORAGE_IN, a_buf);
+        stream.finish()?;
+        self.give(STORAGE_IN, a_buf);
         Ok(())
     }
 }

@@ -1,11 +1,13 @@
 //! The GPU backend: one wgpu device per process, a pipeline cache keyed by
 //! (shader, entry, dtypes, workgroup size), pooled staging and storage
-//! buffers, chunking to the storage-binding limit and 2-D dispatch.
+//! buffers, chunking to the storage-binding limit and 2-D dispatch. Chunk
+//! loops run through a ring of reused buffers that overlaps upload, compute
+//! and readback (`ring.rs`).
 
 mod kernels;
+mod ring;
 
 use std::collections::HashMap;
-use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use theta_shaders::Shader;
@@ -40,6 +42,8 @@ pub struct GpuContext {
     max_groups: u32,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     pool: Mutex<Vec<(wgpu::BufferUsages, wgpu::Buffer)>>,
+    /// Idle ring slots, kept for the next stream.
+    slots: Mutex<Vec<ring::Slot>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -111,6 +115,7 @@ impl GpuContext {
             info,
             pipelines: Mutex::default(),
             pool: Mutex::default(),
+            slots: Mutex::default(),
         })
     }
 
@@ -131,6 +136,7 @@ impl GpuContext {
             max_groups: max_groups.clamp(1, self.max_groups),
             pipelines: Mutex::default(),
             pool: Mutex::default(),
+            slots: Mutex::default(),
         }
     }
 
@@ -290,66 +296,6 @@ impl GpuContext {
         } else {
             (self.max_groups, groups.div_ceil(self.max_groups))
         }
-    }
-
-    /// Runs `pipeline` over `groups` workgroups with `buffers` bound in order
-    /// (each with its bound size), then copies `read` bytes of the last
-    /// buffer back and hands them to `sink`.
-    fn dispatch(
-        &self,
-        tensor: &str,
-        pipeline: &wgpu::ComputePipeline,
-        buffers: &[(&wgpu::Buffer, u64)],
-        groups: u32,
-        read: u64,
-        sink: impl FnOnce(&[u8]),
-    ) -> Result<()> {
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, (b, size))| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b,
-                    offset: 0,
-                    size: NonZeroU64::new(size.max(&4).next_multiple_of(4)),
-                }),
-            })
-            .collect();
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout,
-            entries: &entries,
-        });
-        let (x, y) = self.grid(groups);
-        let read = read.max(4).next_multiple_of(4);
-        let staging = self.take(READBACK, read);
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        }
-        if let Some((last, _)) = buffers.last() {
-            enc.copy_buffer_to_buffer(last, 0, &staging, 0, read);
-        }
-        self.queue.submit([enc.finish()]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(gpu_err(tensor, e));
-        }
-        self.map(tensor, &staging, wgpu::MapMode::Read, read)?;
-        {
-            let view = staging
-                .get_mapped_range(0..read)
-                .map_err(|e| gpu_err(tensor, e))?;
-            sink(&view);
-        }
-        staging.unmap();
-        self.give(READBACK, staging);
-        Ok(())
     }
 }
 
