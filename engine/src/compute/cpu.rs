@@ -197,6 +197,10 @@ mod tests {
 
     #[test]
     fn fast_merge_matches_the_reference() {
+        lanes::on_every_isa(fast_merge_matches_the_reference_on);
+    }
+
+    fn fast_merge_matches_the_reference_on(isa: lanes::Isa) {
         let dtypes = [DType::F32, DType::F16, DType::BF16];
         for (li, &n) in LENS.iter().enumerate() {
             let dtype = dtypes[li % 3];
@@ -242,7 +246,7 @@ mod tests {
                             })
                             .collect();
                         let what = format!(
-                            "n={n} {dtype}->{out_dtype} base={has_base} sparsify={sparsify} combine={combine}"
+                            "{isa:?} n={n} {dtype}->{out_dtype} base={has_base} sparsify={sparsify} combine={combine}"
                         );
                         let fast = merge::FastMerge::new(&p, &models, &inputs, base, out_dtype);
                         assert!(fast.is_some(), "{what}: not on the fast path");
@@ -281,6 +285,10 @@ mod tests {
 
     #[test]
     fn fast_stats_match_the_reference() {
+        lanes::on_every_isa(fast_stats_match_the_reference_on);
+    }
+
+    fn fast_stats_match_the_reference_on(isa: lanes::Isa) {
         for &n in &LENS {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let raw: Vec<Vec<u8>> = (0..3)
@@ -326,7 +334,7 @@ mod tests {
                             want.nonfinite_b,
                             want.max_abs_d
                         ),
-                        "n={n} {dtype}"
+                        "{isa:?} n={n} {dtype}"
                     );
                     for (g, w) in [
                         (got.a2, want.a2),
@@ -339,7 +347,7 @@ mod tests {
                             (g.is_nan() && w.is_nan())
                                 || g == w
                                 || (g - w).abs() <= 1e-12 * w.abs().max(1.0),
-                            "n={n} {dtype}: {g} vs {w}"
+                            "{isa:?} n={n} {dtype}: {g} vs {w}"
                         );
                     }
                 }
@@ -362,6 +370,10 @@ mod tests {
     /// the bracket misses.
     #[test]
     fn bracketed_select_matches_sorting() {
+        lanes::on_every_isa(bracketed_select_matches_sorting_on);
+    }
+
+    fn bracketed_select_matches_sorting_on(isa: lanes::Isa) {
         for &n in &[1, 7, 1025, CHUNK + 3, 2 * CHUNK + 1001, 70_001] {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let sampled: Vec<usize> = select::spans(n).flat_map(|(a, l)| a..a + l).collect();
@@ -397,7 +409,10 @@ mod tests {
                                 continue;
                             }
                             let want = mags[k - 1];
-                            let at = format!("{what} n={n} {dtype} base={} k={k}", base.is_some());
+                            let at = format!(
+                                "{isa:?} {what} n={n} {dtype} base={} k={k}",
+                                base.is_some()
+                            );
                             assert_eq!(select::kth_largest_abs(x, base, k), want, "{at}");
                             assert_eq!(select::radix(x, base, k), want, "{at}");
                             let (lo, hi) = select::bracket(x, base, k);
