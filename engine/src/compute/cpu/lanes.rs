@@ -85,6 +85,30 @@ pub(super) fn encode(src: &[f32], dst: &mut [u8], dtype: DType, tmp: &mut Vec<u1
     }
 }
 
+/// Calls `f` with the index of each nonzero byte of `flags`, in order:
+/// eight at a time, since most words are zero and a set byte's index is its
+/// word's trailing zeros over eight.
+#[inline(always)]
+pub(super) fn for_each_set(flags: &[u8], mut f: impl FnMut(usize)) {
+    let words = flags.chunks_exact(8);
+    let tail = words.remainder();
+    for (j, word) in words.enumerate() {
+        let mut bits = u64::from_le_bytes([
+            word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+        ]);
+        while bits != 0 {
+            f(j * 8 + (bits.trailing_zeros() / 8) as usize);
+            bits &= bits - 1;
+        }
+    }
+    let done = flags.len() - tail.len();
+    for (j, &b) in tail.iter().enumerate() {
+        if b != 0 {
+            f(done + j);
+        }
+    }
+}
+
 /// The instruction sets the chunk loops are compiled for, narrowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Isa {

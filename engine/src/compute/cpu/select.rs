@@ -297,18 +297,7 @@ lanes::multiversion! {
             t.at_hi += u64::from(at_hi);
             t.at_lo += u64::from(at_lo);
             if inside > 0 {
-                // The flags eight at a time: most words are zero, and a
-                // set byte's index is its trailing zeros over eight.
-                for (j, word) in flags.chunks(8).enumerate() {
-                    let mut b = [0u8; 8];
-                    b[..word.len()].copy_from_slice(word);
-                    let mut bits = u64::from_le_bytes(b);
-                    while bits != 0 {
-                        let i = j * 8 + (bits.trailing_zeros() / 8) as usize;
-                        t.gathered.push(v[i].to_bits() & 0x7fff_ffff);
-                        bits &= bits - 1;
-                    }
-                }
+                lanes::for_each_set(flags, |i| t.gathered.push(v[i].to_bits() & 0x7fff_ffff));
             }
         });
     }
