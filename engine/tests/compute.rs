@@ -158,9 +158,10 @@ device_test!(
         .for_each(|(a, b)| same_bits(a, b, DType::F32))
 );
 
-// Past the CPU's sampling threshold (65536), so the CPU trims TIES inside
-// the merge's one pass (`cpu/trimmed.rs`): the same bits as the GPU's
-// threshold-first merge.
+// Past the CPU's sampling threshold (65536), where the CPU brackets each
+// threshold from a sample, and with `THETA_CPU_TIES=one-pass` trims TIES
+// inside the merge's one pass (`cpu/trimmed.rs`): the same bits as the
+// GPU's threshold-first merge either way.
 device_test!(
     ties_trimmed_in_one_pass_at_every_density,
     |d| {

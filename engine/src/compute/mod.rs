@@ -93,7 +93,8 @@ pub(crate) trait Backend {
     /// [`Backend::merge`] after each model `i` with `trims[i] = Some(k)`
     /// gets the threshold that keeps its `k` largest |xᵢ − base|. The
     /// default finds each threshold with [`Backend::kth_largest_abs`]
-    /// first; the CPU finds them inside the merge's own pass.
+    /// first; the CPU can find them inside the merge's own pass
+    /// (`THETA_CPU_TIES=one-pass`).
     #[allow(clippy::too_many_arguments)]
     fn merge_trimmed(
         &self,

@@ -116,7 +116,11 @@ pub(super) fn spans(n: usize) -> impl Iterator<Item = (usize, usize)> {
         .min(n / SPAN)
         .max(1);
     let stride = (n / count).max(1);
-    let stride = if stride % 2 == 0 { stride - 1 } else { stride };
+    let stride = if stride.is_multiple_of(2) {
+        stride - 1
+    } else {
+        stride
+    };
     (0..count).map(move |i| (i * stride, SPAN.min(n - i * stride)))
 }
 

@@ -13,7 +13,8 @@
 //! outputs. Every output is thus the plain merge's with the exact
 //! thresholds, bit for bit. A bracket that misses, or more than
 //! `n / GATHER_DIV` recorded elements, leaves it to the caller to find the
-//! thresholds first and merge again.
+//! thresholds first and merge again. The CPU backend takes this path when
+//! `THETA_CPU_TIES=one-pass` (see `docs/compute.md` for why not by default).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -83,7 +84,6 @@ pub(super) fn merge(
     if full.load(Ordering::Relaxed) {
         return false;
     }
-
     let mut exact = models.to_vec();
     for (i, (m, k)) in exact.iter_mut().zip(trims).enumerate() {
         let (Some(k), Some((lo, hi))) = (*k, brackets[i]) else {
