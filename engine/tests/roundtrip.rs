@@ -465,7 +465,7 @@ fn python_style_header_example() {
     // writes: keys sorted, `__metadata__` first, compact, space-padded to 8.
     let header = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"I64","shape":[],"data_offsets":[4,12]}}"#;
     let mut h = header.to_string();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(' ');
     }
     let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
