@@ -158,6 +158,29 @@ device_test!(
         .for_each(|(a, b)| same_bits(a, b, DType::F32))
 );
 
+// Past the CPU's sampling threshold (65536), where the CPU brackets each
+// threshold from a sample, and with `THETA_CPU_TIES=one-pass` trims TIES
+// inside the merge's one pass (`cpu/trimmed.rs`): the same bits as the
+// GPU's threshold-first merge either way.
+device_test!(
+    ties_trimmed_in_one_pass_at_every_density,
+    |d| {
+        let mut r = Vec::new();
+        for (i, density) in [0.05, 0.5, 0.9].into_iter().enumerate() {
+            for comb in [Combine::Ties, Combine::TiesSum] {
+                let (dt, od) = (DTYPES[i], DTYPES[(i + 1) % 3]);
+                let out = merge(&d, dt, od, 150_001, Sparsify::Magnitude, comb, density);
+                r.push((od, out));
+            }
+        }
+        r
+    },
+    |cpu, other| cpu
+        .iter()
+        .zip(other)
+        .for_each(|((od, a), (_, b))| same_bits(a, b, *od))
+);
+
 device_test!(
     kth_largest_matches_a_sort,
     |d| {

@@ -9,6 +9,7 @@ mod merge;
 mod moments;
 mod select;
 mod stats;
+mod trimmed;
 
 pub use moments::{Moments, moments};
 
@@ -27,6 +28,15 @@ pub(crate) struct Cpu;
 
 fn decode(x: Input<'_>, start: usize, buf: &mut [f32]) {
     decode_chunk(merge::bytes(x, start, buf.len()), x.dtype, buf);
+}
+
+/// Whether TIES trims inside the merge's pass (`cpu/trimmed.rs`):
+/// `THETA_CPU_TIES=one-pass`, read once. Off by default: on the 2-core
+/// machine it was measured on it cost about 10 % more CPU time than
+/// trimming first (`docs/compute.md`).
+fn one_pass_ties() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("THETA_CPU_TIES").as_deref() == Ok("one-pass"))
 }
 
 /// The merge through [`ops::merge_element`], element by element: the
@@ -88,6 +98,29 @@ impl Backend for Cpu {
         }
         merge_reference(p, models, inputs, base, out, out_dtype);
         Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn merge_trimmed(
+        &self,
+        tensor: &str,
+        p: &MergeParams,
+        models: &[ModelParams],
+        trims: &[Option<usize>],
+        inputs: &[Input<'_>],
+        base: Option<Input<'_>>,
+        out: &mut [u8],
+        out_dtype: DType,
+    ) -> Result<()> {
+        if trims.iter().any(Option::is_some)
+            && one_pass_ties()
+            && trimmed::merge(p, models, trims, inputs, base, out, out_dtype)
+        {
+            return Ok(());
+        }
+        let mut models = models.to_vec();
+        super::trim(self, tensor, &mut models, trims, inputs, base)?;
+        self.merge(tensor, p, &models, inputs, base, out, out_dtype)
     }
 
     fn stats(
@@ -200,6 +233,10 @@ mod tests {
 
     #[test]
     fn fast_merge_matches_the_reference() {
+        lanes::on_every_isa(fast_merge_matches_the_reference_on);
+    }
+
+    fn fast_merge_matches_the_reference_on(isa: lanes::Isa) {
         let dtypes = [DType::F32, DType::F16, DType::BF16];
         for (li, &n) in LENS.iter().enumerate() {
             let dtype = dtypes[li % 3];
@@ -245,7 +282,7 @@ mod tests {
                             })
                             .collect();
                         let what = format!(
-                            "n={n} {dtype}->{out_dtype} base={has_base} sparsify={sparsify} combine={combine}"
+                            "{isa:?} n={n} {dtype}->{out_dtype} base={has_base} sparsify={sparsify} combine={combine}"
                         );
                         let fast = merge::FastMerge::new(&p, &models, &inputs, base, out_dtype);
                         assert!(fast.is_some(), "{what}: not on the fast path");
@@ -284,6 +321,10 @@ mod tests {
 
     #[test]
     fn fast_stats_match_the_reference() {
+        lanes::on_every_isa(fast_stats_match_the_reference_on);
+    }
+
+    fn fast_stats_match_the_reference_on(isa: lanes::Isa) {
         for &n in &LENS {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let raw: Vec<Vec<u8>> = (0..3)
@@ -329,7 +370,7 @@ mod tests {
                             want.nonfinite_b,
                             want.max_abs_d
                         ),
-                        "n={n} {dtype}"
+                        "{isa:?} n={n} {dtype}"
                     );
                     for (g, w) in [
                         (got.a2, want.a2),
@@ -342,7 +383,7 @@ mod tests {
                             (g.is_nan() && w.is_nan())
                                 || g == w
                                 || (g - w).abs() <= 1e-12 * w.abs().max(1.0),
-                            "n={n} {dtype}: {g} vs {w}"
+                            "{isa:?} n={n} {dtype}: {g} vs {w}"
                         );
                     }
                 }
@@ -365,6 +406,10 @@ mod tests {
     /// the bracket misses.
     #[test]
     fn bracketed_select_matches_sorting() {
+        lanes::on_every_isa(bracketed_select_matches_sorting_on);
+    }
+
+    fn bracketed_select_matches_sorting_on(isa: lanes::Isa) {
         for &n in &[1, 7, 1025, CHUNK + 3, 2 * CHUNK + 1001, 70_001] {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let sampled: Vec<usize> = select::spans(n).flat_map(|(a, l)| a..a + l).collect();
@@ -400,7 +445,10 @@ mod tests {
                                 continue;
                             }
                             let want = mags[k - 1];
-                            let at = format!("{what} n={n} {dtype} base={} k={k}", base.is_some());
+                            let at = format!(
+                                "{isa:?} {what} n={n} {dtype} base={} k={k}",
+                                base.is_some()
+                            );
                             assert_eq!(select::kth_largest_abs(x, base, k), want, "{at}");
                             assert_eq!(select::radix(x, base, k), want, "{at}");
                             let (lo, hi) = select::bracket(x, base, k);
@@ -428,6 +476,252 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The one-pass trim and merge against finding each threshold first
+    /// and running the per-element reference: the same bits, on data whose
+    /// brackets hit, miss, or leave too many elements undecided, with NaN,
+    /// ±Inf, all-zero deltas, ties at the threshold, k = 1 and k = n.
+    #[test]
+    fn one_pass_trim_matches_trimming_first() {
+        lanes::on_every_isa(one_pass_trim_matches_trimming_first_on);
+    }
+
+    fn one_pass_trim_matches_trimming_first_on(isa: lanes::Isa) {
+        let big = select::MIN_SAMPLED + 3 * CHUNK + 17;
+        let dtypes = [DType::F32, DType::F16, DType::BF16];
+        let mut runs = 0;
+        for n in [select::MIN_SAMPLED - 1, big] {
+            // Model 0 of "unlucky": the sample sees only 0.25, the rest is
+            // larger. Of "crowded": 40 % zero deltas, 60 % kept, so the
+            // bracket's low end is 0 and the zeros are undecided.
+            let sampled: Vec<usize> = select::spans(n).flat_map(|(a, l)| a..a + l).collect();
+            let mut unlucky: Vec<f32> = (0..n).map(|i| 1.0 + (i % 13) as f32).collect();
+            sampled.iter().for_each(|&i| unlucky[i] = 0.25);
+            let crowded: Vec<f32> = values(n, 4)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    if ops::mix32(i as u32) % 5 < 2 {
+                        0.0
+                    } else {
+                        v + 9.0
+                    }
+                })
+                .collect();
+            let grid = |s: u32| -> Vec<f32> {
+                values(n, s)
+                    .iter()
+                    .map(|v| (v * 4.0).round() / 4.0)
+                    .collect()
+            };
+            // (name, the models' values, whether the one-pass path runs).
+            type Set = (&'static str, [Vec<f32>; 3], Option<bool>);
+            let sets: [Set; 5] = [
+                (
+                    "values",
+                    [values(n, 0), values(n, 1), values(n, 2)],
+                    Some(true),
+                ),
+                ("grid", [grid(0), grid(1), grid(2)], None),
+                ("zeros", [values(n, 9), values(n, 9), values(n, 3)], None),
+                (
+                    "unlucky",
+                    [unlucky, values(n, 1), values(n, 2)],
+                    Some(false),
+                ),
+                (
+                    "crowded",
+                    [crowded, values(n, 1), values(n, 2)],
+                    Some(false),
+                ),
+            ];
+            for (di, (what, xs, fused)) in sets.iter().enumerate() {
+                let dtype = dtypes[di % 3];
+                let out_dtype = dtypes[(di + 1) % 3];
+                let raw: Vec<Vec<u8>> = xs.iter().map(|x| unaligned(dtype, x)).collect();
+                let inputs: Vec<Input<'_>> =
+                    raw.iter().map(|b| Input::new(dtype, &b[1..])).collect();
+                // Zero deltas from "zeros"' first two models; a zero base
+                // keeps the others' samples as built.
+                let b = match *what {
+                    "unlucky" | "crowded" => vec![0.0; n],
+                    _ => values(n, 9),
+                };
+                let braw = unaligned(dtype, &b);
+                let combine = [
+                    ops::COMBINE_TIES_MEAN,
+                    ops::COMBINE_TIES_SUM,
+                    ops::COMBINE_LINEAR,
+                ][di % 3];
+                for has_base in [false, true] {
+                    let base = has_base.then_some(Input::new(dtype, &braw[1..]));
+                    let k0 = match *what {
+                        "crowded" => n * 3 / 5,
+                        "unlucky" => n / 10,
+                        _ => n / 2,
+                    };
+                    for trims in [
+                        [Some(k0), Some(n / 10), Some(n * 3 / 4)],
+                        [Some(k0), None, Some(n)],
+                        [Some(1), Some(n - 1), None],
+                    ] {
+                        let p = MergeParams {
+                            n_models: 3,
+                            has_base: u32::from(has_base),
+                            sparsify: ops::SPARSIFY_MAGNITUDE,
+                            combine,
+                            lambda: 0.7,
+                            ..Default::default()
+                        };
+                        // An untrimmed model keeps nothing (density 0).
+                        let models: Vec<ModelParams> = (0..3)
+                            .map(|i| ModelParams {
+                                weight: [0.5, -0.25, 1.0][i],
+                                scale: [1.0, 1.5, 1.0][i],
+                                threshold_bits: u32::MAX,
+                                upper_bits: u32::MAX,
+                                ..Default::default()
+                            })
+                            .collect();
+                        let mut exact = models.clone();
+                        for (m, (k, x)) in exact.iter_mut().zip(trims.iter().zip(&inputs)) {
+                            if let Some(k) = *k {
+                                m.threshold_bits = select::kth_largest_abs(*x, base, k);
+                            }
+                        }
+                        let at = format!(
+                            "{isa:?} {what} n={n} {dtype}->{out_dtype} base={has_base} \
+                             combine={combine} trims={trims:?}"
+                        );
+                        let mut want = vec![0u8; n * out_dtype.size() + 1];
+                        merge_reference(&p, &exact, &inputs, base, &mut want[1..], out_dtype);
+                        let mut got = vec![0u8; n * out_dtype.size() + 1];
+                        let ran = trimmed::merge(
+                            &p,
+                            &models,
+                            &trims,
+                            &inputs,
+                            base,
+                            &mut got[1..],
+                            out_dtype,
+                        );
+                        if let Some(f) = fused
+                            && n >= select::MIN_SAMPLED
+                            && trims[1] == Some(n / 10)
+                        {
+                            assert_eq!(ran, *f, "{at}: the one-pass path ran");
+                        }
+                        if ran {
+                            runs += 1;
+                            bits_equal(&got[1..], &want[1..], out_dtype, &at);
+                        }
+                        got.fill(0);
+                        Cpu.merge_trimmed(
+                            "t",
+                            &p,
+                            &models,
+                            &trims,
+                            &inputs,
+                            base,
+                            &mut got[1..],
+                            out_dtype,
+                        )
+                        .expect("merge");
+                        bits_equal(&got[1..], &want[1..], out_dtype, &at);
+                    }
+                }
+            }
+        }
+        assert!(runs >= 15, "{isa:?}: the one-pass path ran {runs} times");
+    }
+
+    /// Process CPU time (user + system) in seconds, from `/proc/self/stat`.
+    fn cpu_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<f64> = after
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        // Fields 14 and 15 of the whole line; clock ticks of 10 ms.
+        (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+    }
+
+    /// A timing, not a check: TIES over bench-sized BF16 tensors, one pass
+    /// against trimming first, alternating, in wall and CPU time per merge
+    /// (CPU time is steadier on a shared machine). `cargo test --release -p
+    /// theta-engine one_pass_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn one_pass_timing() {
+        let n = 4096 * 11008;
+        let dt = DType::BF16;
+        let data = |seed: u32| {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| (ops::mix32(i as u32 ^ seed) as f32 / u32::MAX as f32 - 0.5) * 0.02)
+                .collect();
+            let mut out = vec![0u8; n * 2];
+            encode_chunk(&xs, &mut out, dt);
+            out
+        };
+        let raw: Vec<Vec<u8>> = (0..4).map(data).collect();
+        let inputs: Vec<Input<'_>> = raw[..3].iter().map(|b| Input::new(dt, b)).collect();
+        let base = Some(Input::new(dt, &raw[3]));
+        let p = MergeParams {
+            n_models: 3,
+            has_base: 1,
+            sparsify: ops::SPARSIFY_MAGNITUDE,
+            combine: ops::COMBINE_TIES_MEAN,
+            lambda: 1.0,
+            ..Default::default()
+        };
+        let models = vec![
+            ModelParams {
+                weight: 1.0 / 3.0,
+                scale: 1.0,
+                upper_bits: u32::MAX,
+                ..Default::default()
+            };
+            3
+        ];
+        let trims = [Some(n / 2); 3];
+        let mut out = vec![0u8; n * 2];
+        let mut exact = models.clone();
+        super::super::trim(&Cpu, "t", &mut exact, &trims, &inputs, base).expect("trim");
+        let mut totals = [(0f64, 0f64); 3];
+        let rounds = 8;
+        for r in 0..=rounds {
+            for (v, total) in totals.iter_mut().enumerate() {
+                let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
+                if v == 2 {
+                    Cpu.merge("t", &p, &exact, &inputs, base, &mut out, dt)
+                        .expect("merge");
+                } else if v == 0 {
+                    let mut m = models.clone();
+                    super::super::trim(&Cpu, "t", &mut m, &trims, &inputs, base).expect("trim");
+                    Cpu.merge("t", &p, &m, &inputs, base, &mut out, dt)
+                        .expect("merge");
+                } else {
+                    let done = trimmed::merge(&p, &models, &trims, &inputs, base, &mut out, dt);
+                    assert!(done, "the one-pass path fell back");
+                }
+                if r > 0 {
+                    total.0 += t0.elapsed().as_secs_f64();
+                    total.1 += cpu_seconds() - c0;
+                }
+            }
+        }
+        let gb = (5 * n * 2) as f64 / 1e9;
+        for (name, (wall, cpu)) in ["trim first", "one pass", "merge alone"].iter().zip(totals) {
+            let (wall, cpu) = (wall / rounds as f64, cpu / rounds as f64);
+            eprintln!(
+                "{name}: {:.1} ms wall ({:.2} GB/s), {:.1} ms CPU",
+                wall * 1e3,
+                gb / wall,
+                cpu * 1e3
+            );
         }
     }
 

@@ -92,6 +92,28 @@ pub(crate) trait Backend {
         out_dtype: DType,
     ) -> Result<()>;
 
+    /// [`Backend::merge`] after each model `i` with `trims[i] = Some(k)`
+    /// gets the threshold that keeps its `k` largest |xᵢ − base|. The
+    /// default finds each threshold with [`Backend::kth_largest_abs`]
+    /// first; the CPU can find them inside the merge's own pass
+    /// (`THETA_CPU_TIES=one-pass`).
+    #[allow(clippy::too_many_arguments)]
+    fn merge_trimmed(
+        &self,
+        tensor: &str,
+        p: &ops::MergeParams,
+        models: &[ops::ModelParams],
+        trims: &[Option<usize>],
+        inputs: &[Input<'_>],
+        base: Option<Input<'_>>,
+        out: &mut [u8],
+        out_dtype: DType,
+    ) -> Result<()> {
+        let mut models = models.to_vec();
+        trim(self, tensor, &mut models, trims, inputs, base)?;
+        self.merge(tensor, p, &models, inputs, base, out, out_dtype)
+    }
+
     /// Sums of `stats.wgsl` over (a, b), optionally relative to a base.
     fn stats(
         &self,
@@ -123,4 +145,23 @@ pub(crate) trait Backend {
         out: &mut [u8],
         out_dtype: DType,
     ) -> Result<()>;
+}
+
+/// Sets the threshold of each model `i` with `trims[i] = Some(k)` to keep
+/// its `k` largest |xᵢ − base| (ties with the k-th all kept).
+pub(crate) fn trim<B: Backend + ?Sized>(
+    backend: &B,
+    tensor: &str,
+    models: &mut [ops::ModelParams],
+    trims: &[Option<usize>],
+    inputs: &[Input<'_>],
+    base: Option<Input<'_>>,
+) -> Result<()> {
+    for ((m, k), x) in models.iter_mut().zip(trims).zip(inputs) {
+        if let Some(k) = *k {
+            let kth = backend.kth_largest_abs(tensor, *x, base, k)?;
+            m.threshold_bits = ops::threshold_for_k(k, Some(kth));
+        }
+    }
+    Ok(())
 }

@@ -259,31 +259,38 @@ impl Device {
             ..Default::default()
         };
         let mut models = Vec::with_capacity(spec.terms.len());
+        let mut trims = Vec::with_capacity(spec.terms.len());
         for (i, term) in spec.terms.iter().enumerate() {
             let gamma = opts.gamma.get(i).copied().unwrap_or(0.0);
-            models.push(self.model_params(spec, opts.rescale, term, gamma)?);
+            let (m, k) = self.model_params(spec, opts.rescale, term, gamma)?;
+            models.push(m);
+            trims.push(k);
         }
+        let inputs: Vec<Input<'_>> = spec.terms.iter().map(|t| t.input).collect();
         if opts.rescale == Rescale::L1 {
+            // The L1 factor measures the trimmed mask: thresholds first.
+            super::trim(self.backend(), t, &mut models, &trims, &inputs, spec.base)?;
+            trims.fill(None);
             for (i, (term, m)) in spec.terms.iter().zip(models.iter_mut()).enumerate() {
                 if !ops::keeps_everything(&p, m) {
                     m.scale = super::masks::l1_scale(&p, m, i as u32, term.input, spec.base);
                 }
             }
         }
-        let inputs: Vec<Input<'_>> = spec.terms.iter().map(|t| t.input).collect();
         self.backend()
-            .merge(t, &p, &models, &inputs, spec.base, out, out_dtype)
+            .merge_trimmed(t, &p, &models, &trims, &inputs, spec.base, out, out_dtype)
     }
 
     /// One model's kernel parameters: its trim thresholds, keep probability
-    /// and rescale factor (before any L1 rescale).
+    /// and rescale factor (before any L1 rescale), and for a TIES trim the
+    /// `k` largest magnitudes to keep, whose threshold the backend finds.
     fn model_params(
         &self,
         spec: &MergeSpec<'_>,
         rescale: Rescale,
         term: &Term<'_>,
         gamma: f32,
-    ) -> Result<ModelParams> {
+    ) -> Result<(ModelParams, Option<usize>)> {
         let t = spec.tensor;
         let n = term.input.len();
         let mut m = ModelParams {
@@ -303,7 +310,7 @@ impl Device {
             Sparsify::Magnitude if density <= 0.0 => m.threshold_bits = u32::MAX,
             Sparsify::Magnitude => {
                 let k = ((f64::from(density) * n as f64) as usize).max(1);
-                m.threshold_bits = ops::threshold_for_k(k, Some(kth(k)?));
+                return Ok((m, Some(k)));
             }
             Sparsify::Outliers => {
                 // mergekit: sort |delta| ascending, keep ranks [n_bot, n_bot + target).
@@ -328,7 +335,7 @@ impl Device {
                 }
             }
         }
-        Ok(m)
+        Ok((m, None))
     }
 
     /// Bits of the `k`-th largest |x − base| (`1 <= k <= len`), found in

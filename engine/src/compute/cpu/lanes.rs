@@ -85,40 +85,120 @@ pub(super) fn encode(src: &[f32], dst: &mut [u8], dtype: DType, tmp: &mut Vec<u1
     }
 }
 
-/// Whether the CPU has AVX-512 F/BW/VL/DQ besides AVX2 and FMA (cached by
-/// `std`).
+/// Calls `f` with the index of each nonzero byte of `flags`, in order:
+/// eight at a time, since most words are zero and a set byte's index is its
+/// word's trailing zeros over eight.
 #[inline(always)]
-pub(super) fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        has_avx2()
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512dq")
+pub(super) fn for_each_set(flags: &[u8], mut f: impl FnMut(usize)) {
+    let words = flags.chunks_exact(8);
+    let tail = words.remainder();
+    for (j, word) in words.enumerate() {
+        let mut bits = u64::from_le_bytes([
+            word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+        ]);
+        while bits != 0 {
+            f(j * 8 + (bits.trailing_zeros() / 8) as usize);
+            bits &= bits - 1;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+    let done = flags.len() - tail.len();
+    for (j, &b) in tail.iter().enumerate() {
+        if b != 0 {
+            f(done + j);
+        }
     }
 }
 
-/// Whether the CPU has AVX2 and FMA (cached by `std`).
-#[inline(always)]
-pub(super) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// The instruction sets the chunk loops are compiled for, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Isa {
+    /// The build's target baseline (SSE2 on x86-64).
+    Baseline,
+    /// AVX2 and FMA.
+    Avx2,
+    /// AVX-512 F, BW, VL and DQ, besides AVX2 and FMA.
+    Avx512,
+}
+
+impl Isa {
+    /// Every tier, narrowest first.
+    #[cfg(test)]
+    pub(super) const ALL: [Isa; 3] = [Isa::Baseline, Isa::Avx2, Isa::Avx512];
+
+    /// The widest tier this CPU has.
+    pub(super) fn detected() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") {
+                    return Isa::Avx512;
+                }
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// The tier `THETA_CPU_ISA` names (`baseline`, `avx2`, `avx512`), capped
+    /// at what the CPU has; unset, the widest the CPU has.
+    fn from_env() -> Isa {
+        let best = Isa::detected();
+        let asked = match std::env::var("THETA_CPU_ISA") {
+            Err(_) => return best,
+            Ok(v) => v,
+        };
+        let isa = match asked.trim() {
+            "baseline" => Isa::Baseline,
+            "avx2" => Isa::Avx2,
+            "avx512" => Isa::Avx512,
+            other => {
+                eprintln!("THETA_CPU_ISA={other} is not baseline, avx2 or avx512: using {best:?}");
+                return best;
+            }
+        };
+        if isa > best {
+            eprintln!("THETA_CPU_ISA={asked}: this CPU has at most {best:?}");
+        }
+        isa.min(best)
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// A tier forced on this thread (tests: see [`on_every_isa`]).
+    static FORCED: std::cell::Cell<Option<Isa>> = const { std::cell::Cell::new(None) };
+}
+
+/// The tier the chunk loops run: [`Isa::detected`] or `THETA_CPU_ISA`, read
+/// once per process.
+#[inline]
+pub(super) fn isa() -> Isa {
+    #[cfg(test)]
+    if let Some(isa) = FORCED.with(std::cell::Cell::get) {
+        return isa;
+    }
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(Isa::from_env)
+}
+
+/// Runs `body` once per tier this CPU has, each on its own rayon pool
+/// whose threads run that tier, so tests in parallel do not race on it.
+#[cfg(test)]
+pub(super) fn on_every_isa(body: impl Fn(Isa) + Sync) {
+    for isa in Isa::ALL.into_iter().filter(|&i| i <= Isa::detected()) {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .start_handler(move |_| FORCED.with(|f| f.set(Some(isa))))
+            .build()
+            .expect("a rayon pool");
+        pool.install(|| body(isa));
     }
 }
 
 /// Defines `fn NAME(args) -> R { BODY }` three times, compiled for AVX-512
 /// (F, BW, VL, DQ), for AVX2 (and FMA) and for the build's baseline, and
-/// runs the widest copy the CPU has. What BODY calls must be
+/// runs the copy [`isa`] names. What BODY calls must be
 /// `#[inline(always)]` to land in each copy. Rust never contracts
 /// `a * b + c` into an FMA nor reorders float operations, so every copy
 /// gives the same bits.
@@ -130,6 +210,7 @@ macro_rules! multiversion {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                use $crate::compute::cpu::lanes::{isa, Isa};
                 // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86.
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
@@ -139,13 +220,12 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                if $crate::compute::cpu::lanes::has_avx512() {
-                    // SAFETY: the CPU has the features `avx512` is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if $crate::compute::cpu::lanes::has_avx2() {
-                    // SAFETY: the CPU has the features `avx2` is compiled for.
-                    return unsafe { avx2($($arg),*) };
+                match isa() {
+                    // SAFETY: `isa` names no tier the CPU lacks.
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Baseline => {}
                 }
             }
             imp($($arg),*)

@@ -21,6 +21,24 @@ pub(super) struct FastMerge<'a> {
     keys: Vec<u32>,
 }
 
+/// What a chunk loop shows its caller between forming each model's delta
+/// and thinning it: the one-pass trim (`trimmed.rs`) counts there.
+pub(super) trait Tap {
+    /// Model `i`'s delta over the block at `at`, before sparsification.
+    fn delta(&mut self, i: usize, at: usize, d: &[f32]);
+    /// Every model's delta of the block at `at` was shown: model `i`'s
+    /// `len` deltas, still unthinned, are `ds[i * BLOCK..][..len]`.
+    fn block(&mut self, at: usize, len: usize, ds: &[f32]);
+}
+
+/// The plain merge shows nothing.
+impl Tap for () {
+    #[inline(always)]
+    fn delta(&mut self, _: usize, _: usize, _: &[f32]) {}
+    #[inline(always)]
+    fn block(&mut self, _: usize, _: usize, _: &[f32]) {}
+}
+
 /// Per-thread buffers, reused across chunks.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -95,9 +113,16 @@ impl<'a> FastMerge<'a> {
         })
     }
 
-    /// Merges elements `start..` into `dst` (whole elements of the output).
+    /// Merges elements `start..` into `dst` (whole elements of the output),
+    /// showing `tap` each block's deltas.
     #[inline(always)]
-    fn chunk_impl(&self, s: &mut Scratch, start: usize, dst: &mut [u8]) {
+    pub(super) fn chunk_impl(
+        &self,
+        s: &mut Scratch,
+        start: usize,
+        dst: &mut [u8],
+        tap: &mut impl Tap,
+    ) {
         let m = self.models.len();
         s.f.resize((m + 4) * BLOCK, 0.0);
         let os = self.out_dtype.size();
@@ -118,7 +143,11 @@ impl<'a> FastMerge<'a> {
                 lanes::decode(bytes(x, at, len), x.dtype, b, &mut s.bits);
             }
             for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
-                self.delta(i, at, b, &mut d[..len], &mut s.bits);
+                self.delta(i, at, b, &mut d[..len], &mut s.bits, tap);
+            }
+            tap.block(at, len, ds);
+            for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
+                self.sparsify(i, at, &mut d[..len]);
             }
             acc.fill(0.0);
             for (i, d) in ds.chunks_exact(BLOCK).enumerate() {
@@ -181,9 +210,17 @@ impl<'a> FastMerge<'a> {
         }
     }
 
-    /// Model `i`'s sparsified delta over the block at `at` into `d`.
+    /// Model `i`'s delta over the block at `at` into `d`, shown to `tap`.
     #[inline(always)]
-    fn delta(&self, i: usize, at: usize, b: &[f32], d: &mut [f32], bits: &mut Vec<u16>) {
+    fn delta(
+        &self,
+        i: usize,
+        at: usize,
+        b: &[f32],
+        d: &mut [f32],
+        bits: &mut Vec<u16>,
+        tap: &mut impl Tap,
+    ) {
         let x = self.inputs[i];
         lanes::decode(bytes(x, at, d.len()), x.dtype, d, bits);
         if self.base.is_some() {
@@ -191,6 +228,12 @@ impl<'a> FastMerge<'a> {
                 *v -= bv;
             }
         }
+        tap.delta(i, at, d);
+    }
+
+    /// Thins model `i`'s deltas `d` of the block at `at`.
+    #[inline(always)]
+    fn sparsify(&self, i: usize, at: usize, d: &mut [f32]) {
         let mp = &self.models[i];
         match self.p.sparsify {
             ops::SPARSIFY_MAGNITUDE => {
@@ -214,9 +257,9 @@ impl<'a> FastMerge<'a> {
 }
 
 lanes::multiversion! {
-    /// [`FastMerge::chunk_impl`], for AVX2 when the CPU has it.
+    /// [`FastMerge::chunk_impl`] for the tier [`lanes::isa`] names.
     pub(super) fn chunk(fast: &FastMerge<'_>, s: &mut Scratch, start: usize, dst: &mut [u8]) {
-        fast.chunk_impl(s, start, dst)
+        fast.chunk_impl(s, start, dst, &mut ())
     }
 }
 

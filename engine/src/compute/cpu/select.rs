@@ -23,15 +23,21 @@ use crate::compute::Input;
 const CHUNK: usize = 1 << 16;
 
 /// Shortest input worth a sample; shorter ones go straight to radix select.
-const MIN_SAMPLED: usize = 1 << 16;
+pub(super) const MIN_SAMPLED: usize = 1 << 16;
 
-/// Sample spans, and elements per span.
-const SPANS: usize = 8192;
+/// Sample spans (one per `SAMPLE_DIV` elements, within these bounds), and
+/// elements per span.
+const SPANS: (usize, usize) = (8192, 65536);
+const SAMPLE_DIV: usize = 512;
 const SPAN: usize = 8;
+
+/// Half the bracket's width, in standard deviations of the sample's rank
+/// error.
+const SIGMAS: f64 = 5.0;
 
 /// Most elements the bracket may gather, as a fraction `1 / GATHER_DIV` of
 /// the input, before it gives up for radix select.
-const GATHER_DIV: usize = 8;
+pub(super) const GATHER_DIV: usize = 8;
 
 #[derive(Default)]
 struct Scratch {
@@ -53,12 +59,12 @@ pub(super) fn kth_largest_abs(x: Input<'_>, base: Option<Input<'_>>, k: usize) -
 }
 
 /// Magnitude bits `[lo, hi]` that likely hold the `k`-th largest, from
-/// `SPANS` evenly spaced runs of `SPAN` elements, with a margin of many
-/// standard deviations of the sample's rank error either side.
+/// the [`spans`]' sample, with a margin of [`SIGMAS`] standard deviations
+/// of the sample's rank error either side.
 pub(super) fn bracket(x: Input<'_>, base: Option<Input<'_>>, k: usize) -> (u32, u32) {
     let n = x.len();
     let mut s = Scratch::default();
-    let mut sample = Vec::with_capacity(SPANS * SPAN);
+    let mut sample: Vec<u32> = Vec::with_capacity(SPANS.1 * SPAN);
     let mut v = [0f32; SPAN];
     let mut w = [0f32; SPAN];
     for (at, len) in spans(n) {
@@ -69,23 +75,53 @@ pub(super) fn bracket(x: Input<'_>, base: Option<Input<'_>>, k: usize) -> (u32, 
     let p = k as f64 / n as f64;
     // The sample rank of the answer, counted from the top (0-based).
     let r = (p * m as f64) as isize;
-    let margin = (6.0 * (m as f64 * p * (1.0 - p)).sqrt()) as isize + 16;
-    let desc = |a: &u32, b: &u32| b.cmp(a);
+    let margin = (SIGMAS * (m as f64 * p * (1.0 - p)).sqrt()) as isize + 16;
+    // The sample's magnitudes by their top half (the sign bit is clear),
+    // so each end is selected among one bin's elements only.
+    let mut h = vec![0u32; 1 << 15];
+    sample.iter().for_each(|&a| h[(a >> 16) as usize] += 1);
+    let nth = |rank: usize| {
+        let mut above = 0;
+        for (bin, &c) in h.iter().enumerate().rev() {
+            if above + c as usize > rank {
+                let mut one: Vec<u32> = sample
+                    .iter()
+                    .copied()
+                    .filter(|a| a >> 16 == bin as u32)
+                    .collect();
+                return *one.select_nth_unstable_by(rank - above, |a, b| b.cmp(a)).1;
+            }
+            above += c as usize;
+        }
+        0
+    };
     let hi = match r - margin {
         i if i < 0 => u32::MAX,
-        i => *sample.select_nth_unstable_by(i as usize, desc).1,
+        i => nth(i as usize),
     };
     let lo = match r + margin {
         i if i >= m as isize => 0,
-        i => *sample.select_nth_unstable_by(i as usize, desc).1,
+        i => nth(i as usize),
     };
     (lo, hi)
 }
 
-/// The sample's runs: (start, length).
+/// The sample's runs: (start, length), `count` of them an odd stride
+/// apart, so that the sample moves across the columns of a matrix whose
+/// rows are a multiple of a power of two long (a constant stride, which
+/// the hardware prefetches).
 pub(super) fn spans(n: usize) -> impl Iterator<Item = (usize, usize)> {
-    let count = SPANS.min(n / SPAN).max(1);
-    (0..count).map(move |i| (i * (n / count), SPAN.min(n - i * (n / count))))
+    let count = (n / SAMPLE_DIV)
+        .clamp(SPANS.0, SPANS.1)
+        .min(n / SPAN)
+        .max(1);
+    let stride = (n / count).max(1);
+    let stride = if stride.is_multiple_of(2) {
+        stride - 1
+    } else {
+        stride
+    };
+    (0..count).map(move |i| (i * stride, SPAN.min(n - i * stride)))
 }
 
 /// Runs `body` on each block of `x − base` in `start..start + len`, with
@@ -179,23 +215,55 @@ pub(super) fn within(
         return None;
     }
     let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
-    let above = sum(|t| t.above);
-    let at_hi = above + sum(|t| t.at_hi);
-    let inside = at_hi + sum(|t| t.gathered.len() as u64);
+    let counts = Counts {
+        above: sum(|t| t.above),
+        at_hi: sum(|t| t.at_hi),
+        at_lo: sum(|t| t.at_lo),
+        inside: sum(|t| t.gathered.len() as u64),
+    };
+    resolve(k, lo, hi, &counts, || {
+        let mut all = Vec::with_capacity(counts.inside as usize);
+        tallies
+            .iter()
+            .for_each(|t| all.extend_from_slice(&t.gathered));
+        all
+    })
+}
+
+/// How many magnitudes lie above a bracket `[lo, hi]`, at either end and
+/// strictly inside.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Counts {
+    pub(super) above: u64,
+    pub(super) at_hi: u64,
+    pub(super) at_lo: u64,
+    pub(super) inside: u64,
+}
+
+/// The `k`-th largest magnitude's bits from a pass's `counts` over `[lo,
+/// hi]`, or `None` when it lies outside; `inside` gives the magnitudes
+/// strictly inside when the answer is among them.
+pub(super) fn resolve(
+    k: usize,
+    lo: u32,
+    hi: u32,
+    counts: &Counts,
+    inside: impl FnOnce() -> Vec<u32>,
+) -> Option<u32> {
+    let above = counts.above;
+    let at_hi = above + counts.at_hi;
+    let within = at_hi + counts.inside;
     // With lo == hi the elements at lo were counted as at hi.
-    let at_lo = inside + if lo < hi { sum(|t| t.at_lo) } else { 0 };
+    let at_lo = within + if lo < hi { counts.at_lo } else { 0 };
     let k = k as u64;
     if k <= above || k > at_lo {
         None
     } else if k <= at_hi {
         Some(hi)
-    } else if k > inside {
+    } else if k > within {
         Some(lo)
     } else {
-        let mut all: Vec<u32> = Vec::with_capacity((inside - at_hi) as usize);
-        tallies
-            .iter()
-            .for_each(|t| all.extend_from_slice(&t.gathered));
+        let mut all = inside();
         let r = (k - at_hi - 1) as usize;
         Some(*all.select_nth_unstable_by(r, |a, b| b.cmp(a)).1)
     }
@@ -233,18 +301,7 @@ lanes::multiversion! {
             t.at_hi += u64::from(at_hi);
             t.at_lo += u64::from(at_lo);
             if inside > 0 {
-                // The flags eight at a time: most words are zero, and a
-                // set byte's index is its trailing zeros over eight.
-                for (j, word) in flags.chunks(8).enumerate() {
-                    let mut b = [0u8; 8];
-                    b[..word.len()].copy_from_slice(word);
-                    let mut bits = u64::from_le_bytes(b);
-                    while bits != 0 {
-                        let i = j * 8 + (bits.trailing_zeros() / 8) as usize;
-                        t.gathered.push(v[i].to_bits() & 0x7fff_ffff);
-                        bits &= bits - 1;
-                    }
-                }
+                lanes::for_each_set(flags, |i| t.gathered.push(v[i].to_bits() & 0x7fff_ffff));
             }
         });
     }
