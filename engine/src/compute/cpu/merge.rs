@@ -24,6 +24,9 @@ pub(super) struct FastMerge<'a> {
 /// What a chunk loop shows its caller between forming each model's delta
 /// and thinning it: the one-pass trim (`trimmed.rs`) counts there.
 pub(super) trait Tap {
+    /// Whether the tap looks at deltas at all (the plain merge's does not,
+    /// which lets an unthinned linear merge fuse its per-model loops).
+    const LOOKS: bool = true;
     /// Model `i`'s delta over the block at `at`, before sparsification.
     fn delta(&mut self, i: usize, at: usize, d: &[f32]);
     /// Every model's delta of the block at `at` was shown: model `i`'s
@@ -33,6 +36,7 @@ pub(super) trait Tap {
 
 /// The plain merge shows nothing.
 impl Tap for () {
+    const LOOKS: bool = false;
     #[inline(always)]
     fn delta(&mut self, _: usize, _: usize, _: &[f32]) {}
     #[inline(always)]
@@ -116,12 +120,12 @@ impl<'a> FastMerge<'a> {
     /// Merges elements `start..` into `dst` (whole elements of the output),
     /// showing `tap` each block's deltas.
     #[inline(always)]
-    pub(super) fn chunk_impl(
+    pub(super) fn chunk_impl<T: Tap>(
         &self,
         s: &mut Scratch,
         start: usize,
         dst: &mut [u8],
-        tap: &mut impl Tap,
+        tap: &mut T,
     ) {
         let m = self.models.len();
         s.f.resize((m + 4) * BLOCK, 0.0);
@@ -142,21 +146,51 @@ impl<'a> FastMerge<'a> {
             if let Some(x) = self.base {
                 lanes::decode(bytes(x, at, len), x.dtype, b, &mut s.bits);
             }
-            for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
-                self.delta(i, at, b, &mut d[..len], &mut s.bits, tap);
-            }
-            tap.block(at, len, ds);
-            for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
-                self.sparsify(i, at, &mut d[..len]);
-            }
-            acc.fill(0.0);
-            for (i, d) in ds.chunks_exact(BLOCK).enumerate() {
-                let w = self.models[i].weight;
-                for (a, &v) in acc.iter_mut().zip(&d[..len]) {
-                    *a += w * v;
+            let c = self.p.combine;
+            if !T::LOOKS
+                && self.p.sparsify == ops::SPARSIFY_NONE
+                && (c == ops::COMBINE_LINEAR || c == ops::COMBINE_LINEAR_MEAN)
+            {
+                // Nothing thins or votes on the deltas: each model's is
+                // formed and added in one loop, `acc + w·(x − b)`, the same
+                // operations in the same order as the steps below.
+                acc.fill(0.0);
+                let d = &mut ds[..len];
+                for (i, x) in self.inputs.iter().enumerate() {
+                    let w = self.models[i].weight;
+                    let src = bytes(*x, at, len);
+                    let has_base = self.base.is_some();
+                    // BF16 (a shift) and F32 are decoded in the loop itself;
+                    // F16 into the scratch block first (`half`, F16C).
+                    let f32_le = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    match x.dtype {
+                        DType::BF16 => accumulate::<2>(acc, src, b, has_base, w, |c| {
+                            f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)
+                        }),
+                        DType::F32 => accumulate::<4>(acc, src, b, has_base, w, f32_le),
+                        _ => {
+                            lanes::decode(src, x.dtype, d, &mut s.bits);
+                            let d: &[f32] = d;
+                            accumulate::<4>(acc, bytemuck::cast_slice(d), b, has_base, w, f32_le);
+                        }
+                    }
+                }
+            } else {
+                for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
+                    self.delta(i, at, b, &mut d[..len], &mut s.bits, tap);
+                }
+                tap.block(at, len, ds);
+                for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
+                    self.sparsify(i, at, &mut d[..len]);
+                }
+                acc.fill(0.0);
+                for (i, d) in ds.chunks_exact(BLOCK).enumerate() {
+                    let w = self.models[i].weight;
+                    for (a, &v) in acc.iter_mut().zip(&d[..len]) {
+                        *a += w * v;
+                    }
                 }
             }
-            let c = self.p.combine;
             if c == ops::COMBINE_TIES_MEAN || c == ops::COMBINE_TIES_SUM {
                 num.fill(0.0);
                 den.fill(0.0);
@@ -260,6 +294,28 @@ lanes::multiversion! {
     /// [`FastMerge::chunk_impl`] for the tier [`lanes::isa`] names.
     pub(super) fn chunk(fast: &FastMerge<'_>, s: &mut Scratch, start: usize, dst: &mut [u8]) {
         fast.chunk_impl(s, start, dst, &mut ())
+    }
+}
+
+/// `acc += w·(x − b)` (or `w·x` without a base) over elements of `S` bytes
+/// decoded by `get`: the unthinned linear merge's per-model step.
+#[inline(always)]
+fn accumulate<const S: usize>(
+    acc: &mut [f32],
+    src: &[u8],
+    b: &[f32],
+    has_base: bool,
+    w: f32,
+    get: impl Fn(&[u8]) -> f32,
+) {
+    if has_base {
+        for ((a, c), &bv) in acc.iter_mut().zip(src.chunks_exact(S)).zip(b) {
+            *a += w * (get(c) - bv);
+        }
+    } else {
+        for (a, c) in acc.iter_mut().zip(src.chunks_exact(S)) {
+            *a += w * get(c);
+        }
     }
 }
 
