@@ -11,6 +11,10 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="$(mkdir -p "${1:-$root/demo}" && cd "${1:-$root/demo}" && pwd)"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 export PATH="$root/target/release:$PATH" # `git theta` finds git-theta here
+# Vulkan loaders (looking for a GPU) want a runtime dir, and say so without one.
+if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -d "$XDG_RUNTIME_DIR" ]; then
+  export XDG_RUNTIME_DIR="$(mktemp -d)"
+fi
 step() { printf '\n== %s\n' "$*"; }
 
 rm -rf "${dir:?}"/*
