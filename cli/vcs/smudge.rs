@@ -351,15 +351,23 @@ impl<'a> Chain<'a> {
                 tensor: Some(self.t.name.clone()),
                 source,
             })?;
-        let as_is = matches!(
-            self.codec.decode(&map, self.lengths[i]),
-            Ok(std::borrow::Cow::Borrowed(b)) if b.len() == map.len()
-        );
-        if as_is {
-            Ok(Piece::Mapped(map))
-        } else {
-            self.chunk(i).map(Piece::Owned)
-        }
+        let decode_err = |message| SmudgeError::Decode {
+            tensor: Some(self.t.name.clone()),
+            oid: o.oid.clone(),
+            message,
+        };
+        let decoded = match self
+            .codec
+            .decode(&map, self.lengths[i])
+            .map_err(decode_err)?
+        {
+            std::borrow::Cow::Borrowed(b) if b.len() == map.len() => None,
+            other => Some(other.into_owned()),
+        };
+        Ok(match decoded {
+            None => Piece::Mapped(map),
+            Some(v) => Piece::Owned(v),
+        })
     }
 
     /// The bytes of chunk `i`.
@@ -442,37 +450,8 @@ impl std::ops::Deref for Piece {
 /// that only look at the bytes (`git theta diff`). Objects are verified as
 /// [`Store::map`] says.
 pub fn tensor_pieces(t: &TensorEntry, store: &Store) -> Result<Vec<Piece>, SmudgeError> {
-    if !t.base.is_empty() || t.update != DENSE {
-        // An update chain: each chunk is rebuilt, not read as it is stored.
-        let mut chain = Chain::new(t, store)?;
-        return (0..chain.lengths.len())
-            .map(|i| chain.chunk(i).map(Piece::Owned))
-            .collect();
-    }
-    let codec = codec_of(t)?;
-    let mut out = Vec::with_capacity(t.objects.len());
-    for (o, raw_len) in t.objects.iter().zip(raw_lengths(t)?) {
-        let map = store
-            .map(&o.oid, o.size)
-            .map_err(|source| SmudgeError::Object {
-                tensor: Some(t.name.clone()),
-                source,
-            })?;
-        let decode_err = |message| SmudgeError::Decode {
-            tensor: Some(t.name.clone()),
-            oid: o.oid.clone(),
-            message,
-        };
-        let piece = match codec.decode(&map, raw_len).map_err(decode_err)? {
-            std::borrow::Cow::Borrowed(b) if b.len() == map.len() => None,
-            other => Some(other.into_owned()),
-        };
-        out.push(match piece {
-            None => Piece::Mapped(map),
-            Some(v) => Piece::Owned(v),
-        });
-    }
-    Ok(out)
+    let mut chain = Chain::new(t, store)?;
+    (0..chain.lengths.len()).map(|i| chain.piece(i)).collect()
 }
 
 fn codec_of(t: &TensorEntry) -> Result<&'static dyn codec::Codec, SmudgeError> {

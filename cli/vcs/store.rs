@@ -322,7 +322,8 @@ impl ObjectSink for Store {
     fn hash_and_put(&self, bytes: &[u8]) -> Result<(Oid, bool), StoreError> {
         if bytes.len() < WRITE_WHILE_HASHING {
             let oid = sha256_hex(bytes);
-            return Ok((oid.clone(), self.put(&oid, bytes)?));
+            let new = self.put(&oid, bytes)?;
+            return Ok((oid, new));
         }
         let (oid, tmp) = rayon::join(|| sha256_hex(bytes), || self.write_tmp(bytes));
         let path = self.path(&oid)?;
