@@ -241,12 +241,19 @@ mod tests {
         for (li, &n) in LENS.iter().enumerate() {
             let dtype = dtypes[li % 3];
             let out_dtype = dtypes[(li + 1) % 3];
-            let raw: Vec<Vec<u8>> = (0..4).map(|s| unaligned(dtype, &values(n, s))).collect();
-            let inputs: Vec<Input<'_>> = raw[..3]
+            // 2 to 4 models of one dtype take TIES' all-models loop; 5
+            // models, or a base of another dtype, the per-model loops.
+            let m = [3, 2, 4, 5, 2, 3][li];
+            let base_dtype = if li == 4 { out_dtype } else { dtype };
+            let raw: Vec<Vec<u8>> = (0..m as u32)
+                .map(|s| unaligned(dtype, &values(n, s)))
+                .chain([unaligned(base_dtype, &values(n, 99))])
+                .collect();
+            let inputs: Vec<Input<'_>> = raw[..m]
                 .iter()
                 .map(|b| Input::new(dtype, &b[1..]))
                 .collect();
-            let base_in = Input::new(dtype, &raw[3][1..]);
+            let base_in = Input::new(base_dtype, &raw[m][1..]);
             for has_base in [false, true] {
                 let base = has_base.then_some(base_in);
                 for sparsify in [
@@ -256,7 +263,7 @@ mod tests {
                 ] {
                     for combine in [0, 1, 2, 3] {
                         let p = MergeParams {
-                            n_models: 3,
+                            n_models: m as u32,
                             has_base: u32::from(has_base),
                             sparsify,
                             combine,
@@ -266,23 +273,29 @@ mod tests {
                             seed_hi: 1,
                             ..Default::default()
                         };
-                        let models: Vec<ModelParams> = (0..3)
+                        let models: Vec<ModelParams> = (0..m)
                             .map(|i| ModelParams {
-                                weight: [0.5, -0.25, 1.0][i],
+                                weight: [0.5, -0.25, 1.0, 0.3, -1.5][i],
                                 threshold_bits: select::kth_largest_abs(
                                     inputs[i],
                                     base,
                                     n.div_ceil(3),
                                 ),
-                                keep_below: [0x4000_0000, u32::MAX / 3 * 2, 0][i],
+                                keep_below: [0x4000_0000, u32::MAX / 3 * 2, 0, 7 << 28, 1 << 31][i],
                                 keep_all: u32::from(i == 2),
-                                scale: [4.0, 1.5, 1.0][i],
-                                upper_bits: [u32::MAX, 0x3f80_0000, u32::MAX][i],
+                                scale: [4.0, 1.5, 1.0, 2.0, 0.5][i],
+                                upper_bits: [
+                                    u32::MAX,
+                                    0x3f80_0000,
+                                    u32::MAX,
+                                    u32::MAX,
+                                    0x4000_0000,
+                                ][i],
                                 ..Default::default()
                             })
                             .collect();
                         let what = format!(
-                            "{isa:?} n={n} {dtype}->{out_dtype} base={has_base} sparsify={sparsify} combine={combine}"
+                            "{isa:?} n={n} m={m} {dtype}->{out_dtype} base={base_dtype}/{has_base} sparsify={sparsify} combine={combine}"
                         );
                         let fast = merge::FastMerge::new(&p, &models, &inputs, base, out_dtype);
                         assert!(fast.is_some(), "{what}: not on the fast path");

@@ -19,6 +19,8 @@ pub(super) struct FastMerge<'a> {
     /// Per model, `ops::draw`'s mixing of (seed, name, model), which does
     /// not depend on the element.
     keys: Vec<u32>,
+    /// The dtype of every input and the base, when they share one.
+    dtype: Option<DType>,
 }
 
 /// What a chunk loop shows its caller between forming each model's delta
@@ -47,6 +49,7 @@ impl Tap for () {
 #[derive(Default)]
 pub(super) struct Scratch {
     f: Vec<f32>,
+    /// F16 bits of unaligned inputs (`lanes::decode`).
     bits: Vec<u16>,
 }
 
@@ -97,17 +100,21 @@ impl<'a> FastMerge<'a> {
             && p.sparsify <= ops::SPARSIFY_RANDOM
             && p.combine <= ops::COMBINE_LINEAR_MEAN
             && (p.has_base != 0) == base.is_some()
-            && models.len() == inputs.len();
+            && models.len() == inputs.len()
+            && inputs
+                .iter()
+                .chain(&base)
+                .all(|x| matches!(x.dtype, DType::F32 | DType::F16 | DType::BF16));
         let seed = u64::from(p.seed_lo) | (u64::from(p.seed_hi) << 32);
         let keys = (0..models.len() as u32)
-            .map(|i| {
-                let h = ops::mix32(seed as u32 ^ 0x9e37_79b9);
-                let h = ops::mix32(h ^ (seed >> 32) as u32);
-                let h = ops::mix32(h ^ p.name_hash);
-                ops::mix32(h ^ i)
-            })
+            .map(|i| model_key(seed, p.name_hash, i))
             .collect();
+        let dtype = inputs
+            .first()
+            .map(|x| x.dtype)
+            .filter(|&d| inputs.iter().chain(&base).all(|x| x.dtype == d));
         handled.then_some(FastMerge {
+            dtype,
             p,
             models,
             inputs,
@@ -143,82 +150,47 @@ impl<'a> FastMerge<'a> {
                 &mut num[..len],
                 &mut den[..len],
             );
+            let bits = &mut s.bits;
             if let Some(x) = self.base {
-                lanes::decode(bytes(x, at, len), x.dtype, b, &mut s.bits);
+                lanes::decode(bytes(x, at, len), x.dtype, b, bits);
             }
             let c = self.p.combine;
-            if !T::LOOKS
-                && self.p.sparsify == ops::SPARSIFY_NONE
-                && (c == ops::COMBINE_LINEAR || c == ops::COMBINE_LINEAR_MEAN)
-            {
-                // Nothing thins or votes on the deltas: each model's is
-                // formed and added in one loop, `acc + w·(x − b)`, the same
-                // operations in the same order as the steps below.
-                acc.fill(0.0);
-                let d = &mut ds[..len];
-                for (i, x) in self.inputs.iter().enumerate() {
-                    let w = self.models[i].weight;
-                    let src = bytes(*x, at, len);
-                    let has_base = self.base.is_some();
-                    // BF16 (a shift) and F32 are decoded in the loop itself;
-                    // F16 into the scratch block first (`half`, F16C).
-                    let f32_le = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    match x.dtype {
-                        DType::BF16 => accumulate::<2>(acc, src, b, has_base, w, |c| {
-                            f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)
-                        }),
-                        DType::F32 => accumulate::<4>(acc, src, b, has_base, w, f32_le),
-                        _ => {
-                            lanes::decode(src, x.dtype, d, &mut s.bits);
-                            let d: &[f32] = d;
-                            accumulate::<4>(acc, bytemuck::cast_slice(d), b, has_base, w, f32_le);
+            let ties = c == ops::COMBINE_TIES_MEAN || c == ops::COMBINE_TIES_SUM;
+            // With TIES and nothing looking between the steps, every
+            // model's steps for an element run in one loop; otherwise each
+            // step is a loop over the block.
+            // Random thinning vectorises only in a loop of its own.
+            let fuse = !T::LOOKS && self.p.sparsify != ops::SPARSIFY_RANDOM;
+            if !(ties && fuse && self.ties_fused(at, b, acc, ds, bits)) {
+                if fuse {
+                    // Each model's delta is formed, thinned, kept for the
+                    // vote and added in one loop, `acc + w·thin(x − b)`, the
+                    // same operations in the same order as the steps below.
+                    acc.fill(0.0);
+                    for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
+                        self.fused(i, at, acc, b, &mut d[..len], bits, ties);
+                    }
+                } else {
+                    for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
+                        self.delta(i, at, b, &mut d[..len], bits, tap);
+                    }
+                    tap.block(at, len, ds);
+                    for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
+                        self.sparsify(i, at, &mut d[..len]);
+                    }
+                    acc.fill(0.0);
+                    for (i, d) in ds.chunks_exact(BLOCK).enumerate() {
+                        let w = self.models[i].weight;
+                        for (a, &v) in acc.iter_mut().zip(&d[..len]) {
+                            *a += w * v;
                         }
                     }
                 }
-            } else {
-                for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
-                    self.delta(i, at, b, &mut d[..len], &mut s.bits, tap);
-                }
-                tap.block(at, len, ds);
-                for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
-                    self.sparsify(i, at, &mut d[..len]);
-                }
-                acc.fill(0.0);
-                for (i, d) in ds.chunks_exact(BLOCK).enumerate() {
-                    let w = self.models[i].weight;
-                    for (a, &v) in acc.iter_mut().zip(&d[..len]) {
-                        *a += w * v;
-                    }
+                if ties {
+                    self.vote(ds, acc, num, den);
                 }
             }
-            if c == ops::COMBINE_TIES_MEAN || c == ops::COMBINE_TIES_SUM {
-                num.fill(0.0);
-                den.fill(0.0);
-                for (i, d) in ds.chunks_exact(BLOCK).enumerate() {
-                    let w = self.models[i].weight;
-                    for (((n, e), &dv), &sum) in num
-                        .iter_mut()
-                        .zip(den.iter_mut())
-                        .zip(&d[..len])
-                        .zip(acc.iter())
-                    {
-                        let v = w * dv;
-                        // `&` and `|`, not `&&` and `||`: no branches on signs.
-                        let agree = (v > 0.0) & (sum >= 0.0) | (v < 0.0) & (sum < 0.0);
-                        // x + -0.0 is x for every x (-0.0 and NaN too), so
-                        // adding it is the reference's skipped addition.
-                        *n += if agree { v } else { -0.0 };
-                        *e += if agree { w } else { -0.0 };
-                    }
-                }
-                if c == ops::COMBINE_TIES_SUM {
-                    acc.copy_from_slice(num);
-                } else {
-                    for ((a, &n), &e) in acc.iter_mut().zip(num.iter()).zip(den.iter()) {
-                        *a = n / if e == 0.0 { 1.0 } else { e };
-                    }
-                }
-            } else if c == ops::COMBINE_LINEAR_MEAN {
+            if c == ops::COMBINE_LINEAR_MEAN {
                 // The reference sums the weights per element, in order: the
                 // same operations give the same value once per block.
                 let mut w = 0.0f32;
@@ -240,7 +212,215 @@ impl<'a> FastMerge<'a> {
                     *a = 0.0 + lambda * *a;
                 }
             }
-            lanes::encode(acc, out, self.out_dtype, &mut s.bits);
+            lanes::encode(acc, out, self.out_dtype, bits);
+        }
+    }
+
+    /// TIES' vote over a block whose thinned deltas are `ds` (model `i`'s
+    /// at `ds[i * BLOCK..]`) and whose weighted sums are `acc`: `acc` then
+    /// holds the combined deltas.
+    #[inline(always)]
+    fn vote(&self, ds: &[f32], acc: &mut [f32], num: &mut [f32], den: &mut [f32]) {
+        let len = acc.len();
+        num.fill(0.0);
+        den.fill(0.0);
+        for (i, d) in ds.chunks_exact(BLOCK).enumerate() {
+            let w = self.models[i].weight;
+            for (((n, e), &dv), &sum) in num
+                .iter_mut()
+                .zip(den.iter_mut())
+                .zip(&d[..len])
+                .zip(acc.iter())
+            {
+                let (dn, de) = elect(w * dv, w, sum);
+                *n += dn;
+                *e += de;
+            }
+        }
+        if self.p.combine == ops::COMBINE_TIES_SUM {
+            acc.copy_from_slice(num);
+        } else {
+            for ((a, &n), &e) in acc.iter_mut().zip(num.iter()).zip(den.iter()) {
+                *a = n / if e == 0.0 { 1.0 } else { e };
+            }
+        }
+    }
+
+    /// TIES over the block at `at` with every model's steps for an element
+    /// in one loop, so deltas stay in registers: `acc` gets the combined
+    /// deltas. `false` (nothing done) unless there are 2 to 4 models and
+    /// they and the base share one dtype.
+    #[inline(always)]
+    fn ties_fused(
+        &self,
+        at: usize,
+        b: &[f32],
+        acc: &mut [f32],
+        ds: &mut [f32],
+        bits: &mut Vec<u16>,
+    ) -> bool {
+        let Some(dtype) = self.dtype else {
+            return false;
+        };
+        match self.models.len() {
+            2 => self.ties_dtype::<2>(dtype, at, b, acc, ds, bits),
+            3 => self.ties_dtype::<3>(dtype, at, b, acc, ds, bits),
+            4 => self.ties_dtype::<4>(dtype, at, b, acc, ds, bits),
+            _ => return false,
+        }
+        true
+    }
+
+    /// [`FastMerge::ties_fused`] for `M` models of `dtype`.
+    #[inline(always)]
+    fn ties_dtype<const M: usize>(
+        &self,
+        dtype: DType,
+        at: usize,
+        b: &[f32],
+        acc: &mut [f32],
+        ds: &mut [f32],
+        bits: &mut Vec<u16>,
+    ) {
+        let len = acc.len();
+        let raw = |i: usize| bytes(self.inputs[i], at, len);
+        match dtype {
+            DType::BF16 => {
+                let xs = std::array::from_fn(|i| raw(i).as_chunks::<2>().0);
+                self.ties_thin::<M, 2>(xs, b, acc, |c| {
+                    f32::from_bits(u32::from(u16::from_le_bytes(c)) << 16)
+                })
+            }
+            DType::F16 => {
+                // F16 converts fastest a block at a time (`half`, F16C where
+                // the CPU has it): each model's block is decoded first.
+                for (i, d) in ds.chunks_exact_mut(BLOCK).take(M).enumerate() {
+                    lanes::decode(raw(i), dtype, &mut d[..len], bits);
+                }
+                let ds: &[f32] = ds;
+                let xs = std::array::from_fn(|i| {
+                    bytemuck::cast_slice::<f32, u8>(&ds[i * BLOCK..][..len])
+                        .as_chunks::<4>()
+                        .0
+                });
+                self.ties_thin::<M, 4>(xs, b, acc, f32::from_ne_bytes)
+            }
+            // F32: `new` takes no other dtype.
+            _ => {
+                let xs = std::array::from_fn(|i| raw(i).as_chunks::<4>().0);
+                self.ties_thin::<M, 4>(xs, b, acc, f32::from_le_bytes)
+            }
+        }
+    }
+
+    /// [`FastMerge::ties_fused`] for `M` models of elements of `S` bytes
+    /// decoded by `get`, per sparsification (none or magnitude: random
+    /// thinning is never fused, see [`FastMerge::chunk_impl`]).
+    #[inline(always)]
+    fn ties_thin<const M: usize, const S: usize>(
+        &self,
+        xs: [&[[u8; S]]; M],
+        b: &[f32],
+        acc: &mut [f32],
+        get: impl Fn([u8; S]) -> f32,
+    ) {
+        let mp: [&ModelParams; M] = std::array::from_fn(|i| &self.models[i]);
+        let w = mp.map(|m| m.weight);
+        let l = Ties {
+            xs,
+            b: self.base.is_some().then_some(b),
+            w,
+            sum_only: self.p.combine == ops::COMBINE_TIES_SUM,
+        };
+        match self.p.sparsify {
+            ops::SPARSIFY_MAGNITUDE => {
+                let (t, u, scale) = (
+                    mp.map(|m| m.threshold_bits),
+                    mp.map(|m| m.upper_bits),
+                    mp.map(|m| m.scale),
+                );
+                l.run(acc, get, |i, v| {
+                    let a = v.to_bits() & 0x7fff_ffff;
+                    if (a >= t[i]) & (a < u[i]) {
+                        v * scale[i]
+                    } else {
+                        0.0
+                    }
+                });
+            }
+            _ => l.run(acc, get, |_, v| v),
+        }
+    }
+
+    /// Model `i`'s thinned delta over the block at `at` into `d`, and
+    /// weighted into `acc`: [`step`] for its dtype and sparsification (none
+    /// or magnitude).
+    /// `keep`: `d` gets the thinned deltas (TIES' vote reads them).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn fused(
+        &self,
+        i: usize,
+        at: usize,
+        acc: &mut [f32],
+        b: &[f32],
+        d: &mut [f32],
+        bits: &mut Vec<u16>,
+        keep: bool,
+    ) {
+        let x = self.inputs[i];
+        let src = bytes(x, at, d.len());
+        let bf16 = |c: &[u8]| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+        let f32_le = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        match (x.dtype, keep) {
+            (DType::BF16, true) => self.thinned::<2, true>(i, acc, b, d, src, bf16),
+            (DType::BF16, false) => self.thinned::<2, false>(i, acc, b, &mut [], src, bf16),
+            // F16 converts fastest a block at a time (`half`, F16C where the
+            // CPU has it): decoded into `d` first.
+            (DType::F16, _) => {
+                if keep {
+                    self.delta(i, at, b, d, bits, &mut ());
+                    self.sparsify(i, at, d);
+                    let w = self.models[i].weight;
+                    for (a, &v) in acc.iter_mut().zip(d.iter()) {
+                        *a += w * v;
+                    }
+                } else {
+                    lanes::decode(src, x.dtype, d, bits);
+                    let f32_ne = |c: &[u8]| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                    let d: &[f32] = d;
+                    self.thinned::<4, false>(i, acc, b, &mut [], bytemuck::cast_slice(d), f32_ne);
+                }
+            }
+            // F32: `new` takes no other dtype.
+            (_, true) => self.thinned::<4, true>(i, acc, b, d, src, f32_le),
+            (_, false) => self.thinned::<4, false>(i, acc, b, &mut [], src, f32_le),
+        }
+    }
+
+    /// [`FastMerge::fused`] for elements of `S` bytes decoded by `get`;
+    /// `KEEP` as [`step`]'s.
+    #[inline(always)]
+    fn thinned<const S: usize, const KEEP: bool>(
+        &self,
+        i: usize,
+        acc: &mut [f32],
+        b: &[f32],
+        d: &mut [f32],
+        src: &[u8],
+        get: impl Fn(&[u8]) -> f32,
+    ) {
+        let mp = &self.models[i];
+        let (w, has_base) = (mp.weight, self.base.is_some());
+        match self.p.sparsify {
+            ops::SPARSIFY_MAGNITUDE => {
+                let (t, u, scale) = (mp.threshold_bits, mp.upper_bits, mp.scale);
+                step::<S, KEEP>(acc, d, src, b, has_base, w, get, |v| {
+                    let a = v.to_bits() & 0x7fff_ffff;
+                    if (a >= t) & (a < u) { v * scale } else { 0.0 }
+                });
+            }
+            _ => step::<S, KEEP>(acc, d, src, b, has_base, w, get, |v| v),
         }
     }
 
@@ -279,10 +459,19 @@ impl<'a> FastMerge<'a> {
             }
             ops::SPARSIFY_RANDOM if mp.keep_all == 0 => {
                 let (key, below, inv) = (self.keys[i], mp.keep_below, mp.scale);
-                for (j, v) in d.iter_mut().enumerate() {
-                    let index = (at + j) as u64;
-                    let r = ops::mix32(ops::mix32(key ^ (index >> 32) as u32) ^ index as u32);
-                    *v = if r < below { *v * inv } else { 0.0 };
+                let pick = |r: u32, v: f32| if r < below { v * inv } else { 0.0 };
+                match high_word(at, d.len()) {
+                    Some(hi) => {
+                        let (h, lo) = (ops::mix32(key ^ hi), at as u32);
+                        for (j, v) in d.iter_mut().enumerate() {
+                            *v = pick(ops::mix32(h ^ lo.wrapping_add(j as u32)), *v);
+                        }
+                    }
+                    None => {
+                        for (j, v) in d.iter_mut().enumerate() {
+                            *v = pick(draw(key, at + j), *v);
+                        }
+                    }
                 }
             }
             _ => {}
@@ -297,24 +486,178 @@ lanes::multiversion! {
     }
 }
 
-/// `acc += w·(x − b)` (or `w·x` without a base) over elements of `S` bytes
-/// decoded by `get`: the unthinned linear merge's per-model step.
+/// `acc += w·thin(x − b)` (or `w·thin(x)` without a base) over elements
+/// of `S` bytes decoded by `get`, and with `KEEP` the thinned deltas into
+/// `d` (unused, and may be empty, without): one model's steps of the merge
+/// in one loop.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn accumulate<const S: usize>(
+fn step<const S: usize, const KEEP: bool>(
     acc: &mut [f32],
+    d: &mut [f32],
     src: &[u8],
     b: &[f32],
     has_base: bool,
     w: f32,
     get: impl Fn(&[u8]) -> f32,
+    thin: impl Fn(f32) -> f32,
 ) {
+    let n = acc.len();
+    // Equal lengths up front let the compiler drop the bounds checks.
+    let d = if KEEP { &mut d[..n] } else { d };
+    let each = acc.iter_mut().zip(src.chunks_exact(S)).enumerate();
     if has_base {
-        for ((a, c), &bv) in acc.iter_mut().zip(src.chunks_exact(S)).zip(b) {
-            *a += w * (get(c) - bv);
+        let b = &b[..n];
+        for (j, (a, c)) in each {
+            let v = thin(get(c) - b[j]);
+            if KEEP {
+                d[j] = v;
+            }
+            *a += w * v;
         }
     } else {
-        for (a, c) in acc.iter_mut().zip(src.chunks_exact(S)) {
-            *a += w * get(c);
+        for (j, (a, c)) in each {
+            let v = thin(get(c));
+            if KEEP {
+                d[j] = v;
+            }
+            *a += w * v;
+        }
+    }
+}
+
+/// [`ops::draw`]'s mixing of (seed, name, model), which does not depend on
+/// the element.
+fn model_key(seed: u64, name_hash: u32, model: u32) -> u32 {
+    let h = ops::mix32(seed as u32 ^ 0x9e37_79b9);
+    let h = ops::mix32(h ^ (seed >> 32) as u32);
+    let h = ops::mix32(h ^ name_hash);
+    ops::mix32(h ^ model)
+}
+
+/// [`ops::draw`] at element `index` for a model whose [`model_key`] is
+/// `key`.
+#[inline(always)]
+fn draw(key: u32, index: usize) -> u32 {
+    let index = index as u64;
+    ops::mix32(ops::mix32(key ^ (index >> 32) as u32) ^ index as u32)
+}
+
+/// The high word shared by elements `at..at + len`, if they share one
+/// (all but blocks that cross a multiple of 2^32): [`draw`]'s first mix is
+/// then one per model and block, and the rest is 32-bit arithmetic.
+#[inline(always)]
+fn high_word(at: usize, len: usize) -> Option<u32> {
+    let (first, last) = (at as u64, (at + len.max(1) - 1) as u64);
+    (first >> 32 == last >> 32).then_some((first >> 32) as u32)
+}
+
+/// TIES' election for one model's weighted delta `v` (weight `w`) given
+/// the weighted sum `sum`: what it adds to the numerator and denominator.
+/// The elected sign is the sum's, positive at zero; `-0.0` where the model
+/// disagrees, since x + -0.0 is x for every x (-0.0 and NaN too), which is
+/// the reference's skipped addition without a branch.
+#[inline(always)]
+fn elect(v: f32, w: f32, sum: f32) -> (f32, f32) {
+    // `&` and `|`, not `&&` and `||`: no branches on signs.
+    let agree = (v > 0.0) & (sum >= 0.0) | (v < 0.0) & (sum < 0.0);
+    if agree { (v, w) } else { (-0.0, -0.0) }
+}
+
+/// Elements a [`Ties`] loop takes at a time: two AVX2 registers of f32.
+const LANES: usize = 16;
+
+/// One block of a TIES merge of `M` models of `S`-byte elements, run per
+/// element in [`ops::merge_element`]'s order, [`LANES`] elements at a time
+/// so that the compiler vectorises across elements.
+struct Ties<'a, const M: usize, const S: usize> {
+    xs: [&'a [[u8; S]]; M],
+    b: Option<&'a [f32]>,
+    w: [f32; M],
+    /// `COMBINE_TIES_SUM`: the agreeing deltas' sum, not their mean.
+    sum_only: bool,
+}
+
+impl<const M: usize, const S: usize> Ties<'_, M, S> {
+    /// The combined deltas into `acc`; `get` decodes an element, `thin(i,
+    /// δ)` sparsifies a delta of model `i`.
+    #[inline(always)]
+    fn run(&self, acc: &mut [f32], get: impl Fn([u8; S]) -> f32, thin: impl Fn(usize, f32) -> f32) {
+        match self.b {
+            Some(b) => self.each(acc, b, get, thin, |x, b| x - b),
+            None => self.each(acc, &[], get, thin, |x, _| x),
+        }
+    }
+
+    /// [`Ties::run`] with `delta(x, b)` forming a delta from an element
+    /// and the base's (`b` is empty without a base).
+    #[inline(always)]
+    fn each(
+        &self,
+        acc: &mut [f32],
+        b: &[f32],
+        get: impl Fn([u8; S]) -> f32,
+        thin: impl Fn(usize, f32) -> f32,
+        delta: impl Fn(f32, f32) -> f32,
+    ) {
+        let n = acc.len();
+        let full = n - n % LANES;
+        let xs = self.xs.map(|x| x[..full].as_chunks::<LANES>().0);
+        let bs = b.get(..full).unwrap_or_default().as_chunks::<LANES>().0;
+        let zeros = [0f32; LANES];
+        let (head, tail) = acc.split_at_mut(full);
+        for (c, a) in head.as_chunks_mut::<LANES>().0.iter_mut().enumerate() {
+            let x = xs.map(|x| &x[c]);
+            *a = self.lanes(x, bs.get(c).unwrap_or(&zeros), &get, &thin, &delta);
+        }
+        if !tail.is_empty() {
+            // The last few elements, padded to a whole set of lanes.
+            let r = tail.len();
+            let mut x = [[[0u8; S]; LANES]; M];
+            for (xi, src) in x.iter_mut().zip(self.xs) {
+                xi[..r].copy_from_slice(&src[full..n]);
+            }
+            let mut bt = zeros;
+            if let Some(src) = b.get(full..n) {
+                bt[..r].copy_from_slice(src);
+            }
+            let out = self.lanes(x.each_ref(), &bt, &get, &thin, &delta);
+            tail.copy_from_slice(&out[..r]);
+        }
+    }
+
+    /// [`LANES`] elements: the models' `x` and the base's `b`, combined.
+    #[inline(always)]
+    fn lanes(
+        &self,
+        x: [&[[u8; S]; LANES]; M],
+        b: &[f32; LANES],
+        get: &impl Fn([u8; S]) -> f32,
+        thin: &impl Fn(usize, f32) -> f32,
+        delta: &impl Fn(f32, f32) -> f32,
+    ) -> [f32; LANES] {
+        let w = self.w;
+        let mut v = [[0f32; LANES]; M];
+        let mut sum = [0f32; LANES];
+        for i in 0..M {
+            for l in 0..LANES {
+                v[i][l] = thin(i, delta(get(x[i][l]), b[l]));
+                sum[l] += w[i] * v[i][l];
+            }
+        }
+        let mut num = [0f32; LANES];
+        let mut den = [0f32; LANES];
+        for i in 0..M {
+            for l in 0..LANES {
+                let (dn, de) = elect(w[i] * v[i][l], w[i], sum[l]);
+                num[l] += dn;
+                den[l] += de;
+            }
+        }
+        if self.sum_only {
+            num
+        } else {
+            std::array::from_fn(|l| num[l] / if den[l] == 0.0 { 1.0 } else { den[l] })
         }
     }
 }
@@ -324,4 +667,31 @@ fn accumulate<const S: usize>(
 pub(super) fn bytes<'a>(x: Input<'a>, start: usize, len: usize) -> &'a [u8] {
     let s = x.dtype.size();
     &x.bytes[start * s..(start + len) * s]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The block-wise draw (one first mix per block) is `ops::draw` for
+    /// every element, at and around multiples of 2^32, and a block that
+    /// crosses one takes the per-element draw.
+    #[test]
+    fn block_draws_match_the_per_element_draw() {
+        let (seed, name, model) = (0x1234_5678_9abc_def0u64, ops::name_hash("w"), 2u32);
+        let key = model_key(seed, name, model);
+        let four_g = 1usize << 32;
+        for at in [0, 1000, four_g - 64, four_g, 3 * four_g + 5] {
+            let hi = high_word(at, 64).expect("the block shares its high word");
+            let (h, lo) = (ops::mix32(key ^ hi), at as u32);
+            for j in 0..64 {
+                let want = ops::draw(seed, name, model, (at + j) as u64);
+                assert_eq!(draw(key, at + j), want, "{at}+{j}");
+                assert_eq!(ops::mix32(h ^ lo.wrapping_add(j as u32)), want, "{at}+{j}");
+            }
+        }
+        assert_eq!(high_word(four_g - 1, 2), None);
+        assert_eq!(high_word(four_g - 1, 1), Some(0));
+        assert_eq!(high_word(four_g, 0), Some(1));
+    }
 }
