@@ -118,8 +118,14 @@ impl Backend for Cpu {
         {
             return Ok(());
         }
+        // Every model's threshold from one read of the base.
         let mut models = models.to_vec();
-        super::trim(self, tensor, &mut models, trims, inputs, base)?;
+        let kth = select::kth_largest_abs_each(inputs, base, trims);
+        for ((m, k), bits) in models.iter_mut().zip(trims).zip(kth) {
+            if let Some(k) = *k {
+                m.threshold_bits = ops::threshold_for_k(k, bits);
+            }
+        }
         self.merge(tensor, p, &models, inputs, base, out, out_dtype)
     }
 
@@ -448,6 +454,26 @@ mod tests {
                 ];
                 let braw = unaligned(dtype, &values(n, 17));
                 let b = Input::new(dtype, &braw[1..]);
+                // The four as the models of one merge, each with its own k
+                // and one not trimmed: one pass over the base answers each
+                // bracket that hit, radix select the rest ("unlucky").
+                let raws: Vec<Vec<u8>> = data.iter().map(|(_, xs)| unaligned(dtype, xs)).collect();
+                let models: Vec<Input<'_>> =
+                    raws.iter().map(|r| Input::new(dtype, &r[1..])).collect();
+                for base in [None, Some(b)] {
+                    let ks = [Some(n.div_ceil(2)), Some(n), None, Some(n.div_ceil(10))];
+                    let got = select::kth_largest_abs_each(&models, base, &ks);
+                    for (i, (k, g)) in ks.iter().zip(&got).enumerate() {
+                        let want = k.map(|k| sorted_mags(models[i], base)[k - 1]);
+                        assert_eq!(
+                            *g,
+                            want,
+                            "{isa:?} {} n={n} {dtype} base={}: each",
+                            data[i].0,
+                            base.is_some()
+                        );
+                    }
+                }
                 for (what, xs) in &data {
                     let raw = unaligned(dtype, xs);
                     let x = Input::new(dtype, &raw[1..]);

@@ -45,6 +45,8 @@ struct Scratch {
     bits: Vec<u16>,
     /// Which of a block's elements [`scan`] gathers.
     flags: Vec<u8>,
+    /// The magnitudes [`tally`] gathers from a block.
+    got: Vec<u32>,
 }
 
 /// Bits of the `k`-th largest |x − base|, `1 <= k <= x.len()`.
@@ -56,6 +58,79 @@ pub(super) fn kth_largest_abs(x: Input<'_>, base: Option<Input<'_>>, k: usize) -
         }
     }
     radix(x, base, k)
+}
+
+/// Bits of each model's `ks[i]`-th largest |xs[i] − base| (`None` where
+/// `ks[i]` is), as [`kth_largest_abs`] gives them, with the base read once
+/// for all models: each model's threshold is bracketed from its sample,
+/// then one pass over the base and every model counts and gathers for
+/// each bracket. A model whose bracket missed or gathered too much, or
+/// whose input is too short to sample, is answered by radix select.
+pub(super) fn kth_largest_abs_each(
+    xs: &[Input<'_>],
+    base: Option<Input<'_>>,
+    ks: &[Option<usize>],
+) -> Vec<Option<u32>> {
+    let n = xs.first().map_or(0, Input::len);
+    let brackets: Vec<Option<(u32, u32)>> = ks
+        .par_iter()
+        .zip(xs)
+        .map(|(k, x)| match *k {
+            Some(k) if x.len() == n && n >= MIN_SAMPLED => Some(bracket(*x, base, k)),
+            _ => None,
+        })
+        .collect();
+    let limit = n / GATHER_DIV;
+    let totals: Vec<AtomicUsize> = xs.iter().map(|_| AtomicUsize::new(0)).collect();
+    let tallies: Vec<Vec<Tally>> = if brackets.iter().any(Option::is_some) {
+        (0..n.div_ceil(CHUNK))
+            .into_par_iter()
+            .map_init(Scratch::default, |s, c| {
+                // A model past its gather limit is dropped from the rest.
+                let live: Vec<Option<(u32, u32)>> = brackets
+                    .iter()
+                    .zip(&totals)
+                    .map(|(b, t)| b.filter(|_| t.load(Ordering::Relaxed) <= limit))
+                    .collect();
+                let mut t: Vec<Tally> = xs.iter().map(|_| Tally::default()).collect();
+                let start = c * CHUNK;
+                scan_each(s, xs, base, start, CHUNK.min(n - start), &live, &mut t);
+                for (total, t) in totals.iter().zip(&t) {
+                    total.fetch_add(t.gathered.len(), Ordering::Relaxed);
+                }
+                t
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let from_pass = |i: usize, k: usize| {
+        let (lo, hi) = brackets[i]?;
+        if totals[i].load(Ordering::Relaxed) > limit {
+            return None;
+        }
+        let sum = |f: fn(&Tally) -> u64| tallies.iter().map(|t| f(&t[i])).sum::<u64>();
+        let counts = Counts {
+            above: sum(|t| t.above),
+            at_hi: sum(|t| t.at_hi),
+            at_lo: sum(|t| t.at_lo),
+            inside: sum(|t| t.gathered.len() as u64),
+        };
+        resolve(k, lo, hi, &counts, || {
+            let mut all = Vec::with_capacity(counts.inside as usize);
+            tallies
+                .iter()
+                .for_each(|t| all.extend_from_slice(&t[i].gathered));
+            all
+        })
+    };
+    ks.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let k = (*k)?;
+            Some(from_pass(i, k).unwrap_or_else(|| radix(xs[i], base, k)))
+        })
+        .collect()
 }
 
 /// Magnitude bits `[lo, hi]` that likely hold the `k`-th largest, from
@@ -283,27 +358,82 @@ lanes::multiversion! {
         hi: u32,
         t: &mut Tally,
     ) {
-        // m strictly inside (lo, hi) iff m − (lo + 1) < hi − lo − 1, wrapping.
-        let (from, width) = (lo.wrapping_add(1), hi.saturating_sub(lo).saturating_sub(1));
+        let mut got = std::mem::take(&mut s.got);
+        got.resize(BLOCK, 0);
         blocks(s, x, base, start, len, #[inline(always)]
-        |v, flags| {
-            let (mut above, mut at_hi, mut at_lo, mut inside) = (0u32, 0u32, 0u32, 0u32);
-            for (a, g) in v.iter().zip(flags.iter_mut()) {
-                let m = a.to_bits() & 0x7fff_ffff;
-                let i = m.wrapping_sub(from) < width;
-                above += u32::from(m > hi);
-                at_hi += u32::from(m == hi);
-                at_lo += u32::from(m == lo);
-                inside += u32::from(i);
-                *g = u8::from(i);
+        |v, flags| tally(v, flags, lo, hi, t, &mut got));
+        s.got = got;
+    }
+}
+
+lanes::multiversion! {
+    /// [`scan`] for every model `i` with a bracket `brackets[i]`, into
+    /// `t[i]`, decoding the base once per block for all of them.
+    fn scan_each(
+        s: &mut Scratch,
+        xs: &[Input<'_>],
+        base: Option<Input<'_>>,
+        start: usize,
+        len: usize,
+        brackets: &[Option<(u32, u32)>],
+        t: &mut [Tally],
+    ) {
+        s.f.resize(2 * BLOCK, 0.0);
+        s.flags.resize(BLOCK, 0);
+        s.got.resize(BLOCK, 0);
+        let (v, w) = s.f.split_at_mut(BLOCK);
+        let mut at = start;
+        while at < start + len {
+            let n = BLOCK.min(start + len - at);
+            let (v, w, flags) = (&mut v[..n], &mut w[..n], &mut s.flags[..n]);
+            if let Some(b) = base {
+                lanes::decode(bytes(b, at, n), b.dtype, w, &mut s.bits);
             }
-            t.above += u64::from(above);
-            t.at_hi += u64::from(at_hi);
-            t.at_lo += u64::from(at_lo);
-            if inside > 0 {
-                lanes::for_each_set(flags, |i| t.gathered.push(v[i].to_bits() & 0x7fff_ffff));
+            for ((x, bracket), t) in xs.iter().zip(brackets).zip(t.iter_mut()) {
+                let Some((lo, hi)) = *bracket else {
+                    continue;
+                };
+                lanes::decode(bytes(*x, at, n), x.dtype, v, &mut s.bits);
+                if base.is_some() {
+                    v.iter_mut().zip(w.iter()).for_each(|(a, b)| *a -= b);
+                }
+                tally(v, flags, lo, hi, t, &mut s.got);
             }
+            at += n;
+        }
+    }
+}
+
+/// [`scan`]'s work on one block of deltas `v`: counts into `t` the
+/// magnitudes above `hi` and equal to either end, and gathers those
+/// strictly between (`flags` and `got` are scratch, as long as `v` and
+/// [`BLOCK`]).
+#[inline(always)]
+fn tally(v: &[f32], flags: &mut [u8], lo: u32, hi: u32, t: &mut Tally, got: &mut [u32]) {
+    // m strictly inside (lo, hi) iff m − (lo + 1) < hi − lo − 1, wrapping.
+    let (from, width) = (lo.wrapping_add(1), hi.saturating_sub(lo).saturating_sub(1));
+    let (mut above, mut at_hi, mut at_lo, mut inside) = (0u32, 0u32, 0u32, 0u32);
+    for (a, g) in v.iter().zip(flags.iter_mut()) {
+        let m = a.to_bits() & 0x7fff_ffff;
+        let i = m.wrapping_sub(from) < width;
+        above += u32::from(m > hi);
+        at_hi += u32::from(m == hi);
+        at_lo += u32::from(m == lo);
+        inside += u32::from(i);
+        *g = u8::from(i);
+    }
+    t.above += u64::from(above);
+    t.at_hi += u64::from(at_hi);
+    t.at_lo += u64::from(at_lo);
+    if inside > 0 {
+        // Into scratch first: a push per element may grow the Vec, a call
+        // that keeps the walk's counters on the stack.
+        let mut c = 0;
+        lanes::for_each_set(flags, |i| {
+            got[c] = v[i].to_bits() & 0x7fff_ffff;
+            c += 1;
         });
+        t.gathered.extend_from_slice(&got[..c]);
     }
 }
 
