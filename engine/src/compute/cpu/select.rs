@@ -109,20 +109,7 @@ pub(super) fn kth_largest_abs_each(
         if totals[i].load(Ordering::Relaxed) > limit {
             return None;
         }
-        let sum = |f: fn(&Tally) -> u64| tallies.iter().map(|t| f(&t[i])).sum::<u64>();
-        let counts = Counts {
-            above: sum(|t| t.above),
-            at_hi: sum(|t| t.at_hi),
-            at_lo: sum(|t| t.at_lo),
-            inside: sum(|t| t.gathered.len() as u64),
-        };
-        resolve(k, lo, hi, &counts, || {
-            let mut all = Vec::with_capacity(counts.inside as usize);
-            tallies
-                .iter()
-                .for_each(|t| all.extend_from_slice(&t[i].gathered));
-            all
-        })
+        resolve_tallies(k, lo, hi, tallies.iter().map(|t| &t[i]))
     };
     ks.iter()
         .enumerate()
@@ -289,7 +276,17 @@ pub(super) fn within(
     if full.load(Ordering::Relaxed) {
         return None;
     }
-    let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
+    resolve_tallies(k, lo, hi, tallies.iter())
+}
+
+/// [`resolve`] over the chunks' tallies of one pass over `[lo, hi]`.
+fn resolve_tallies<'a>(
+    k: usize,
+    lo: u32,
+    hi: u32,
+    tallies: impl Iterator<Item = &'a Tally> + Clone,
+) -> Option<u32> {
+    let sum = |f: fn(&Tally) -> u64| tallies.clone().map(f).sum::<u64>();
     let counts = Counts {
         above: sum(|t| t.above),
         at_hi: sum(|t| t.at_hi),
@@ -298,9 +295,7 @@ pub(super) fn within(
     };
     resolve(k, lo, hi, &counts, || {
         let mut all = Vec::with_capacity(counts.inside as usize);
-        tallies
-            .iter()
-            .for_each(|t| all.extend_from_slice(&t.gathered));
+        tallies.for_each(|t| all.extend_from_slice(&t.gathered));
         all
     })
 }
