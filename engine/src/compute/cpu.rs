@@ -738,9 +738,9 @@ mod tests {
                     Cpu.merge("t", &p, &exact, &inputs, base, &mut out, dt)
                         .expect("merge");
                 } else if v == 0 {
-                    let mut m = models.clone();
-                    super::super::trim(&Cpu, "t", &mut m, &trims, &inputs, base).expect("trim");
-                    Cpu.merge("t", &p, &m, &inputs, base, &mut out, dt)
+                    // The default path (unless THETA_CPU_TIES=one-pass):
+                    // every threshold from one pass, then the merge.
+                    Cpu.merge_trimmed("t", &p, &models, &trims, &inputs, base, &mut out, dt)
                         .expect("merge");
                 } else {
                     let done = trimmed::merge(&p, &models, &trims, &inputs, base, &mut out, dt);
