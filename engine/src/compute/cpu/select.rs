@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::lanes::{self, BLOCK};
 use super::merge::bytes;
+use crate::DType;
 use crate::compute::Input;
 
 /// Elements per parallel work item.
@@ -339,26 +340,21 @@ pub(super) fn resolve(
     }
 }
 
-lanes::multiversion! {
-    /// Counts elements `start..start + len` above `hi`, equal to `hi` and
-    /// equal to `lo` into `t`, and gathers those strictly between.
-    #[allow(clippy::too_many_arguments)]
-    fn scan(
-        s: &mut Scratch,
-        x: Input<'_>,
-        base: Option<Input<'_>>,
-        start: usize,
-        len: usize,
-        lo: u32,
-        hi: u32,
-        t: &mut Tally,
-    ) {
-        let mut got = std::mem::take(&mut s.got);
-        got.resize(BLOCK, 0);
-        blocks(s, x, base, start, len, #[inline(always)]
-        |v, flags| tally(v, flags, lo, hi, t, &mut got));
-        s.got = got;
-    }
+/// Counts elements `start..start + len` above `hi`, equal to `hi` and
+/// equal to `lo` into `t`, and gathers those strictly between.
+#[allow(clippy::too_many_arguments)]
+fn scan(
+    s: &mut Scratch,
+    x: Input<'_>,
+    base: Option<Input<'_>>,
+    start: usize,
+    len: usize,
+    lo: u32,
+    hi: u32,
+    t: &mut Tally,
+) {
+    let (x, t) = (std::slice::from_ref(&x), std::slice::from_mut(t));
+    scan_each(s, x, base, start, len, &[Some((lo, hi))], t);
 }
 
 lanes::multiversion! {
@@ -380,55 +376,106 @@ lanes::multiversion! {
         let mut at = start;
         while at < start + len {
             let n = BLOCK.min(start + len - at);
-            let (v, w, flags) = (&mut v[..n], &mut w[..n], &mut s.flags[..n]);
+            let (v, w) = (&mut v[..n], &mut w[..n]);
             if let Some(b) = base {
                 lanes::decode(bytes(b, at, n), b.dtype, w, &mut s.bits);
             }
+            let w = base.is_some().then_some(&*w);
             for ((x, bracket), t) in xs.iter().zip(brackets).zip(t.iter_mut()) {
                 let Some((lo, hi)) = *bracket else {
                     continue;
                 };
-                lanes::decode(bytes(*x, at, n), x.dtype, v, &mut s.bits);
-                if base.is_some() {
-                    v.iter_mut().zip(w.iter()).for_each(|(a, b)| *a -= b);
+                let mut count = BlockCount {
+                    lo,
+                    hi,
+                    flags: &mut s.flags,
+                    got: &mut s.got,
+                    t,
+                };
+                let raw = bytes(*x, at, n);
+                // BF16 and F32 are decoded inside the counting loop; F16
+                // a block at a time (`half`, F16C where the CPU has it).
+                match x.dtype {
+                    DType::BF16 => count.from(raw.as_chunks::<2>().0, w, |c| {
+                        f32::from_bits(u32::from(u16::from_le_bytes(c)) << 16)
+                    }),
+                    DType::F32 => count.from(raw.as_chunks::<4>().0, w, f32::from_le_bytes),
+                    _ => {
+                        lanes::decode(raw, x.dtype, v, &mut s.bits);
+                        let v: &[f32] = v;
+                        let v = bytemuck::cast_slice::<f32, u8>(v).as_chunks::<4>().0;
+                        count.from(v, w, f32::from_ne_bytes);
+                    }
                 }
-                tally(v, flags, lo, hi, t, &mut s.got);
             }
             at += n;
         }
     }
 }
 
-/// [`scan`]'s work on one block of deltas `v`: counts into `t` the
-/// magnitudes above `hi` and equal to either end, and gathers those
-/// strictly between (`flags` and `got` are scratch, as long as `v` and
-/// [`BLOCK`]).
-#[inline(always)]
-fn tally(v: &[f32], flags: &mut [u8], lo: u32, hi: u32, t: &mut Tally, got: &mut [u32]) {
-    // m strictly inside (lo, hi) iff m − (lo + 1) < hi − lo − 1, wrapping.
-    let (from, width) = (lo.wrapping_add(1), hi.saturating_sub(lo).saturating_sub(1));
-    let (mut above, mut at_hi, mut at_lo, mut inside) = (0u32, 0u32, 0u32, 0u32);
-    for (a, g) in v.iter().zip(flags.iter_mut()) {
-        let m = a.to_bits() & 0x7fff_ffff;
-        let i = m.wrapping_sub(from) < width;
-        above += u32::from(m > hi);
-        at_hi += u32::from(m == hi);
-        at_lo += u32::from(m == lo);
-        inside += u32::from(i);
-        *g = u8::from(i);
+/// One block's counting for [`scan`]: into `t`, the magnitudes above `hi`
+/// and equal to either end, and those strictly between gathered (`flags`
+/// and `got` are scratch, at least as long as the block).
+struct BlockCount<'a> {
+    lo: u32,
+    hi: u32,
+    flags: &'a mut [u8],
+    got: &'a mut [u32],
+    t: &'a mut Tally,
+}
+
+impl BlockCount<'_> {
+    /// Counts the deltas of the elements `x` decoded by `get`, less the
+    /// base's `w` when there is a base.
+    #[inline(always)]
+    fn from<const S: usize>(
+        &mut self,
+        x: &[[u8; S]],
+        w: Option<&[f32]>,
+        get: impl Fn([u8; S]) -> f32,
+    ) {
+        match w {
+            Some(w) => {
+                let w = &w[..x.len()];
+                self.by(x.len(), |j| get(x[j]) - w[j]);
+            }
+            None => self.by(x.len(), |j| get(x[j])),
+        }
     }
-    t.above += u64::from(above);
-    t.at_hi += u64::from(at_hi);
-    t.at_lo += u64::from(at_lo);
-    if inside > 0 {
-        // Into scratch first: a push per element may grow the Vec, a call
-        // that keeps the walk's counters on the stack.
-        let mut c = 0;
-        lanes::for_each_set(flags, |i| {
-            got[c] = v[i].to_bits() & 0x7fff_ffff;
-            c += 1;
-        });
-        t.gathered.extend_from_slice(&got[..c]);
+
+    /// Counts the `n` deltas `delta(j)`.
+    #[inline(always)]
+    fn by(&mut self, n: usize, delta: impl Fn(usize) -> f32) {
+        let (lo, hi) = (self.lo, self.hi);
+        let mag = |j: usize| delta(j).to_bits() & 0x7fff_ffff;
+        // m strictly inside (lo, hi) iff m − (lo + 1) < hi − lo − 1, wrapping.
+        let (from, width) = (lo.wrapping_add(1), hi.saturating_sub(lo).saturating_sub(1));
+        let (mut above, mut at_hi, mut at_lo, mut inside) = (0u32, 0u32, 0u32, 0u32);
+        let flags = &mut self.flags[..n];
+        for (j, g) in flags.iter_mut().enumerate() {
+            let m = mag(j);
+            let i = m.wrapping_sub(from) < width;
+            above += u32::from(m > hi);
+            at_hi += u32::from(m == hi);
+            at_lo += u32::from(m == lo);
+            inside += u32::from(i);
+            *g = u8::from(i);
+        }
+        let t = &mut *self.t;
+        t.above += u64::from(above);
+        t.at_hi += u64::from(at_hi);
+        t.at_lo += u64::from(at_lo);
+        if inside > 0 {
+            // Into scratch first: a push per element may grow the Vec, a
+            // call that keeps the walk's counters on the stack.
+            let got = &mut *self.got;
+            let mut c = 0;
+            lanes::for_each_set(flags, |j| {
+                got[c] = mag(j);
+                c += 1;
+            });
+            t.gathered.extend_from_slice(&got[..c]);
+        }
     }
 }
 
