@@ -87,12 +87,22 @@ pub fn mix32(x: u32) -> u32 {
 
 /// `common.wgsl::draw`: the random word for (seed, name, model, element).
 pub fn draw(seed: u64, name_hash: u32, model: u32, index: u64) -> u32 {
+    draw_at(draw_key(seed, name_hash, model), index)
+}
+
+/// [`draw`]'s mixing of (seed, name, model), which does not depend on the
+/// element: a loop over elements computes it once.
+pub fn draw_key(seed: u64, name_hash: u32, model: u32) -> u32 {
     let mut h = mix32(seed as u32 ^ 0x9e37_79b9);
     h = mix32(h ^ (seed >> 32) as u32);
     h = mix32(h ^ name_hash);
-    h = mix32(h ^ model);
-    h = mix32(h ^ (index >> 32) as u32);
-    mix32(h ^ index as u32)
+    mix32(h ^ model)
+}
+
+/// [`draw`] at element `index` for the [`draw_key`] `key`.
+#[inline(always)]
+pub fn draw_at(key: u32, index: u64) -> u32 {
+    mix32(mix32(key ^ (index >> 32) as u32) ^ index as u32)
 }
 
 /// 32-bit FNV-1a of a tensor name: the name's part of the random key.

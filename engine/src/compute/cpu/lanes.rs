@@ -15,6 +15,12 @@ use crate::DType;
 /// Elements per inner block: every buffer a chunk loop touches stays in L1.
 pub(super) const BLOCK: usize = 1024;
 
+/// `half::bf16::to_f32` of the bits `h`: a shift.
+#[inline(always)]
+pub(super) fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
 /// `half::bf16::from_f32`, branch-free so a loop of it vectorises.
 #[inline(always)]
 pub(super) fn bf16_bits(x: f32) -> u16 {
@@ -37,7 +43,7 @@ pub(super) fn decode(src: &[u8], dtype: DType, dst: &mut [f32], tmp: &mut Vec<u1
         }
         DType::BF16 => {
             for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *d = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+                *d = bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
             }
         }
         DType::F16 => match bytemuck::try_cast_slice::<u8, f16>(src) {

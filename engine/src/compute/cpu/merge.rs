@@ -16,8 +16,7 @@ pub(super) struct FastMerge<'a> {
     inputs: &'a [Input<'a>],
     base: Option<Input<'a>>,
     out_dtype: DType,
-    /// Per model, `ops::draw`'s mixing of (seed, name, model), which does
-    /// not depend on the element.
+    /// Per model, [`ops::draw_key`].
     keys: Vec<u32>,
     /// The dtype of every input and the base, when they share one.
     dtype: Option<DType>,
@@ -107,7 +106,7 @@ impl<'a> FastMerge<'a> {
                 .all(|x| matches!(x.dtype, DType::F32 | DType::F16 | DType::BF16));
         let seed = u64::from(p.seed_lo) | (u64::from(p.seed_hi) << 32);
         let keys = (0..models.len() as u32)
-            .map(|i| model_key(seed, p.name_hash, i))
+            .map(|i| ops::draw_key(seed, p.name_hash, i))
             .collect();
         let dtype = inputs
             .first()
@@ -158,8 +157,8 @@ impl<'a> FastMerge<'a> {
             let ties = c == ops::COMBINE_TIES_MEAN || c == ops::COMBINE_TIES_SUM;
             // With TIES and nothing looking between the steps, every
             // model's steps for an element run in one loop; otherwise each
-            // step is a loop over the block.
-            // Random thinning vectorises only in a loop of its own.
+            // step is a loop over the block. Random thinning vectorises
+            // only in a loop of its own, so it is never fused.
             let fuse = !T::LOOKS && self.p.sparsify != ops::SPARSIFY_RANDOM;
             if !(ties && fuse && self.ties_fused(at, b, acc, ds, bits)) {
                 if fuse {
@@ -287,9 +286,7 @@ impl<'a> FastMerge<'a> {
         match dtype {
             DType::BF16 => {
                 let xs = std::array::from_fn(|i| raw(i).as_chunks::<2>().0);
-                self.ties_thin::<M, 2>(xs, b, acc, |c| {
-                    f32::from_bits(u32::from(u16::from_le_bytes(c)) << 16)
-                })
+                self.ties_thin::<M, 2>(xs, b, acc, |c| lanes::bf16_to_f32(u16::from_le_bytes(c)))
             }
             DType::F16 => {
                 // F16 converts fastest a block at a time (`half`, F16C where
@@ -339,14 +336,7 @@ impl<'a> FastMerge<'a> {
                     mp.map(|m| m.upper_bits),
                     mp.map(|m| m.scale),
                 );
-                l.run(acc, get, |i, v| {
-                    let a = v.to_bits() & 0x7fff_ffff;
-                    if (a >= t[i]) & (a < u[i]) {
-                        v * scale[i]
-                    } else {
-                        0.0
-                    }
-                });
+                l.run(acc, get, |i, v| by_magnitude(v, t[i], u[i], scale[i]));
             }
             _ => l.run(acc, get, |_, v| v),
         }
@@ -354,8 +344,8 @@ impl<'a> FastMerge<'a> {
 
     /// Model `i`'s thinned delta over the block at `at` into `d`, and
     /// weighted into `acc`: [`step`] for its dtype and sparsification (none
-    /// or magnitude).
-    /// `keep`: `d` gets the thinned deltas (TIES' vote reads them).
+    /// or magnitude). With `keep`, `d` gets the thinned deltas (TIES' vote
+    /// reads them).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn fused(
@@ -370,7 +360,7 @@ impl<'a> FastMerge<'a> {
     ) {
         let x = self.inputs[i];
         let src = bytes(x, at, d.len());
-        let bf16 = |c: &[u8]| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+        let bf16 = |c: &[u8]| lanes::bf16_to_f32(u16::from_le_bytes([c[0], c[1]]));
         let f32_le = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         match (x.dtype, keep) {
             (DType::BF16, true) => self.thinned::<2, true>(i, acc, b, d, src, bf16),
@@ -416,8 +406,7 @@ impl<'a> FastMerge<'a> {
             ops::SPARSIFY_MAGNITUDE => {
                 let (t, u, scale) = (mp.threshold_bits, mp.upper_bits, mp.scale);
                 step::<S, KEEP>(acc, d, src, b, has_base, w, get, |v| {
-                    let a = v.to_bits() & 0x7fff_ffff;
-                    if (a >= t) & (a < u) { v * scale } else { 0.0 }
+                    by_magnitude(v, t, u, scale)
                 });
             }
             _ => step::<S, KEEP>(acc, d, src, b, has_base, w, get, |v| v),
@@ -453,8 +442,7 @@ impl<'a> FastMerge<'a> {
             ops::SPARSIFY_MAGNITUDE => {
                 let (t, u, scale) = (mp.threshold_bits, mp.upper_bits, mp.scale);
                 for v in d.iter_mut() {
-                    let a = v.to_bits() & 0x7fff_ffff;
-                    *v = if (a >= t) & (a < u) { *v * scale } else { 0.0 };
+                    *v = by_magnitude(*v, t, u, scale);
                 }
             }
             ops::SPARSIFY_RANDOM if mp.keep_all == 0 => {
@@ -469,7 +457,7 @@ impl<'a> FastMerge<'a> {
                     }
                     None => {
                         for (j, v) in d.iter_mut().enumerate() {
-                            *v = pick(draw(key, at + j), *v);
+                            *v = pick(ops::draw_at(key, (at + j) as u64), *v);
                         }
                     }
                 }
@@ -526,25 +514,17 @@ fn step<const S: usize, const KEEP: bool>(
     }
 }
 
-/// [`ops::draw`]'s mixing of (seed, name, model), which does not depend on
-/// the element.
-fn model_key(seed: u64, name_hash: u32, model: u32) -> u32 {
-    let h = ops::mix32(seed as u32 ^ 0x9e37_79b9);
-    let h = ops::mix32(h ^ (seed >> 32) as u32);
-    let h = ops::mix32(h ^ name_hash);
-    ops::mix32(h ^ model)
-}
-
-/// [`ops::draw`] at element `index` for a model whose [`model_key`] is
-/// `key`.
+/// [`ops::sparsify`]'s magnitude trim of a delta `v`: kept and scaled by
+/// `scale` when its magnitude's bits lie in `[t, u)`, else 0. `&`, not
+/// `&&`: no branch, so a loop of it vectorises.
 #[inline(always)]
-fn draw(key: u32, index: usize) -> u32 {
-    let index = index as u64;
-    ops::mix32(ops::mix32(key ^ (index >> 32) as u32) ^ index as u32)
+fn by_magnitude(v: f32, t: u32, u: u32, scale: f32) -> f32 {
+    let a = v.to_bits() & 0x7fff_ffff;
+    if (a >= t) & (a < u) { v * scale } else { 0.0 }
 }
 
 /// The high word shared by elements `at..at + len`, if they share one
-/// (all but blocks that cross a multiple of 2^32): [`draw`]'s first mix is
+/// (all but blocks that cross a multiple of 2^32): [`ops::draw_at`]'s first mix is
 /// then one per model and block, and the rest is 32-bit arithmetic.
 #[inline(always)]
 fn high_word(at: usize, len: usize) -> Option<u32> {
@@ -679,14 +659,14 @@ mod tests {
     #[test]
     fn block_draws_match_the_per_element_draw() {
         let (seed, name, model) = (0x1234_5678_9abc_def0u64, ops::name_hash("w"), 2u32);
-        let key = model_key(seed, name, model);
+        let key = ops::draw_key(seed, name, model);
         let four_g = 1usize << 32;
         for at in [0, 1000, four_g - 64, four_g, 3 * four_g + 5] {
             let hi = high_word(at, 64).expect("the block shares its high word");
             let (h, lo) = (ops::mix32(key ^ hi), at as u32);
             for j in 0..64 {
                 let want = ops::draw(seed, name, model, (at + j) as u64);
-                assert_eq!(draw(key, at + j), want, "{at}+{j}");
+                assert_eq!(ops::draw_at(key, (at + j) as u64), want, "{at}+{j}");
                 assert_eq!(ops::mix32(h ^ lo.wrapping_add(j as u32)), want, "{at}+{j}");
             }
         }

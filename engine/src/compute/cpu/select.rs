@@ -187,8 +187,7 @@ pub(super) fn spans(n: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..count).map(move |i| (i * stride, SPAN.min(n - i * stride)))
 }
 
-/// Runs `body` on each block of `x − base` in `start..start + len`, with
-/// as many of the scratch flags.
+/// Runs `body` on each block of `x − base` in `start..start + len`.
 #[inline(always)]
 fn blocks(
     s: &mut Scratch,
@@ -196,22 +195,19 @@ fn blocks(
     base: Option<Input<'_>>,
     start: usize,
     len: usize,
-    mut body: impl FnMut(&[f32], &mut [u8]),
+    mut body: impl FnMut(&[f32]),
 ) {
     let mut f = std::mem::take(&mut s.f);
-    let mut flags = std::mem::take(&mut s.flags);
     f.resize(2 * BLOCK, 0.0);
-    flags.resize(BLOCK, 0);
     let mut at = start;
     while at < start + len {
         let n = BLOCK.min(start + len - at);
         let (v, w) = f.split_at_mut(BLOCK);
         mags(s, x, base, at, &mut v[..n], &mut w[..n]);
-        body(&v[..n], &mut flags[..n]);
+        body(&v[..n]);
         at += n;
     }
     s.f = f;
-    s.flags = flags;
 }
 
 /// Decodes elements `at..at + v.len()` into `v` as `x − base` (`w` holds
@@ -397,7 +393,7 @@ lanes::multiversion! {
                 // a block at a time (`half`, F16C where the CPU has it).
                 match x.dtype {
                     DType::BF16 => count.from(raw.as_chunks::<2>().0, w, |c| {
-                        f32::from_bits(u32::from(u16::from_le_bytes(c)) << 16)
+                        lanes::bf16_to_f32(u16::from_le_bytes(c))
                     }),
                     DType::F32 => count.from(raw.as_chunks::<4>().0, w, f32::from_le_bytes),
                     _ => {
@@ -551,7 +547,7 @@ lanes::multiversion! {
         digit: Digit,
     ) {
         blocks(s, x, base, start, len, #[inline(always)]
-        |v, _| {
+        |v| {
             match digit {
                 Digit::High => {
                     for a in v.iter() {
