@@ -246,11 +246,11 @@ mod tests {
         let dtypes = [DType::F32, DType::F16, DType::BF16];
         for (li, &n) in LENS.iter().enumerate() {
             let dtype = dtypes[li % 3];
-            let out_dtype = dtypes[(li + 1) % 3];
-            // 2 to 4 models of one dtype take TIES' all-models loop; 5
+            let other = dtypes[(li + 1) % 3];
+            // 2 to 4 models of one dtype take the all-models loop; 5
             // models, or a base of another dtype, the per-model loops.
             let m = [3, 2, 4, 5, 2, 3][li];
-            let base_dtype = if li == 4 { out_dtype } else { dtype };
+            let base_dtype = if li == 4 { other } else { dtype };
             let raw: Vec<Vec<u8>> = (0..m as u32)
                 .map(|s| unaligned(dtype, &values(n, s)))
                 .chain([unaligned(base_dtype, &values(n, 99))])
@@ -260,7 +260,12 @@ mod tests {
                 .map(|b| Input::new(dtype, &b[1..]))
                 .collect();
             let base_in = Input::new(base_dtype, &raw[m][1..]);
-            for has_base in [false, true] {
+            // The output in the inputs' dtype, and in another (the
+            // all-models loop encodes BF16 itself, other dtypes a block at
+            // a time).
+            for (out_dtype, has_base) in
+                [(dtype, false), (dtype, true), (other, false), (other, true)]
+            {
                 let base = has_base.then_some(base_in);
                 for sparsify in [
                     ops::SPARSIFY_NONE,

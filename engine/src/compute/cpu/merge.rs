@@ -155,12 +155,12 @@ impl<'a> FastMerge<'a> {
             }
             let c = self.p.combine;
             let ties = c == ops::COMBINE_TIES_MEAN || c == ops::COMBINE_TIES_SUM;
-            // With TIES and nothing looking between the steps, every
-            // model's steps for an element run in one loop; otherwise each
-            // step is a loop over the block. Random thinning vectorises
-            // only in a loop of its own, so it is never fused.
+            // With nothing looking between the steps, every model's steps
+            // for an element run in one loop; otherwise each step is a loop
+            // over the block. Random thinning vectorises only in a loop of
+            // its own, so it is never fused.
             let fuse = !T::LOOKS && self.p.sparsify != ops::SPARSIFY_RANDOM;
-            if !(ties && fuse && self.ties_fused(at, b, acc, ds, bits)) {
+            if !(fuse && self.all_models(at, b, acc, ds, bits)) {
                 if fuse {
                     // Each model's delta is formed, thinned, kept for the
                     // vote and added in one loop, `acc + w·thin(x − b)`, the
@@ -245,12 +245,12 @@ impl<'a> FastMerge<'a> {
         }
     }
 
-    /// TIES over the block at `at` with every model's steps for an element
-    /// in one loop, so deltas stay in registers: `acc` gets the combined
-    /// deltas. `false` (nothing done) unless there are 2 to 4 models and
-    /// they and the base share one dtype.
+    /// The block at `at` with every model's steps for an element in one
+    /// loop, so deltas stay in registers: `acc` gets the combined deltas
+    /// (the weighted sum, or TIES' vote). `false` (nothing done) unless
+    /// there are 2 to 4 models and they and the base share one dtype.
     #[inline(always)]
-    fn ties_fused(
+    fn all_models(
         &self,
         at: usize,
         b: &[f32],
@@ -262,17 +262,17 @@ impl<'a> FastMerge<'a> {
             return false;
         };
         match self.models.len() {
-            2 => self.ties_dtype::<2>(dtype, at, b, acc, ds, bits),
-            3 => self.ties_dtype::<3>(dtype, at, b, acc, ds, bits),
-            4 => self.ties_dtype::<4>(dtype, at, b, acc, ds, bits),
+            2 => self.models_dtype::<2>(dtype, at, b, acc, ds, bits),
+            3 => self.models_dtype::<3>(dtype, at, b, acc, ds, bits),
+            4 => self.models_dtype::<4>(dtype, at, b, acc, ds, bits),
             _ => return false,
         }
         true
     }
 
-    /// [`FastMerge::ties_fused`] for `M` models of `dtype`.
+    /// [`FastMerge::all_models`] for `M` models of `dtype`.
     #[inline(always)]
-    fn ties_dtype<const M: usize>(
+    fn models_dtype<const M: usize>(
         &self,
         dtype: DType,
         at: usize,
@@ -286,7 +286,7 @@ impl<'a> FastMerge<'a> {
         match dtype {
             DType::BF16 => {
                 let xs = std::array::from_fn(|i| raw(i).as_chunks::<2>().0);
-                self.ties_thin::<M, 2>(xs, b, acc, |c| lanes::bf16_to_f32(u16::from_le_bytes(c)))
+                self.models_thin::<M, 2>(xs, b, acc, |c| lanes::bf16_to_f32(u16::from_le_bytes(c)))
             }
             DType::F16 => {
                 // F16 converts fastest a block at a time (`half`, F16C where
@@ -300,21 +300,21 @@ impl<'a> FastMerge<'a> {
                         .as_chunks::<4>()
                         .0
                 });
-                self.ties_thin::<M, 4>(xs, b, acc, f32::from_ne_bytes)
+                self.models_thin::<M, 4>(xs, b, acc, f32::from_ne_bytes)
             }
             // F32: `new` takes no other dtype.
             _ => {
                 let xs = std::array::from_fn(|i| raw(i).as_chunks::<4>().0);
-                self.ties_thin::<M, 4>(xs, b, acc, f32::from_le_bytes)
+                self.models_thin::<M, 4>(xs, b, acc, f32::from_le_bytes)
             }
         }
     }
 
-    /// [`FastMerge::ties_fused`] for `M` models of elements of `S` bytes
+    /// [`FastMerge::all_models`] for `M` models of elements of `S` bytes
     /// decoded by `get`, per sparsification (none or magnitude: random
     /// thinning is never fused, see [`FastMerge::chunk_impl`]).
     #[inline(always)]
-    fn ties_thin<const M: usize, const S: usize>(
+    fn models_thin<const M: usize, const S: usize>(
         &self,
         xs: [&[[u8; S]]; M],
         b: &[f32],
@@ -323,11 +323,13 @@ impl<'a> FastMerge<'a> {
     ) {
         let mp: [&ModelParams; M] = std::array::from_fn(|i| &self.models[i]);
         let w = mp.map(|m| m.weight);
-        let l = Ties {
+        let c = self.p.combine;
+        let l = AllModels {
             xs,
             b: self.base.is_some().then_some(b),
             w,
-            sum_only: self.p.combine == ops::COMBINE_TIES_SUM,
+            vote: c == ops::COMBINE_TIES_MEAN || c == ops::COMBINE_TIES_SUM,
+            sum_only: c == ops::COMBINE_TIES_SUM,
         };
         match self.p.sparsify {
             ops::SPARSIFY_MAGNITUDE => {
@@ -544,35 +546,44 @@ fn elect(v: f32, w: f32, sum: f32) -> (f32, f32) {
     if agree { (v, w) } else { (-0.0, -0.0) }
 }
 
-/// Elements a [`Ties`] loop takes at a time: two AVX2 registers of f32.
+/// Elements an [`AllModels`] loop takes at a time: two AVX2 registers of
+/// f32.
 const LANES: usize = 16;
 
-/// One block of a TIES merge of `M` models of `S`-byte elements, run per
-/// element in [`ops::merge_element`]'s order, [`LANES`] elements at a time
-/// so that the compiler vectorises across elements.
-struct Ties<'a, const M: usize, const S: usize> {
+/// One block of a merge of `M` models of `S`-byte elements, run per
+/// element in [`ops::merge_element`]'s order up to the combined delta,
+/// [`LANES`] elements at a time so that the compiler vectorises across
+/// elements.
+struct AllModels<'a, const M: usize, const S: usize> {
     xs: [&'a [[u8; S]]; M],
     b: Option<&'a [f32]>,
     w: [f32; M],
+    /// TIES' sign election and disjoint mean (or sum); else the weighted
+    /// sum is the combined delta.
+    vote: bool,
     /// `COMBINE_TIES_SUM`: the agreeing deltas' sum, not their mean.
     sum_only: bool,
 }
 
-impl<const M: usize, const S: usize> Ties<'_, M, S> {
+impl<const M: usize, const S: usize> AllModels<'_, M, S> {
     /// The combined deltas into `acc`; `get` decodes an element, `thin(i,
     /// δ)` sparsifies a delta of model `i`.
     #[inline(always)]
     fn run(&self, acc: &mut [f32], get: impl Fn([u8; S]) -> f32, thin: impl Fn(usize, f32) -> f32) {
-        match self.b {
-            Some(b) => self.each(acc, b, get, thin, |x, b| x - b),
-            None => self.each(acc, &[], get, thin, |x, _| x),
+        match (self.b, self.vote) {
+            (Some(b), true) => self.each::<true>(acc, b, get, thin, |x, b| x - b),
+            (Some(b), false) => self.each::<false>(acc, b, get, thin, |x, b| x - b),
+            (None, true) => self.each::<true>(acc, &[], get, thin, |x, _| x),
+            (None, false) => self.each::<false>(acc, &[], get, thin, |x, _| x),
         }
     }
 
-    /// [`Ties::run`] with `delta(x, b)` forming a delta from an element
-    /// and the base's (`b` is empty without a base).
+    /// [`AllModels::run`] with `delta(x, b)` forming a delta from an
+    /// element and the base's (`b` is empty without a base); `VOTE` is
+    /// [`AllModels::vote`], a constant so that a linear merge's loop keeps
+    /// no per-model deltas.
     #[inline(always)]
-    fn each(
+    fn each<const VOTE: bool>(
         &self,
         acc: &mut [f32],
         b: &[f32],
@@ -588,7 +599,7 @@ impl<const M: usize, const S: usize> Ties<'_, M, S> {
         let (head, tail) = acc.split_at_mut(full);
         for (c, a) in head.as_chunks_mut::<LANES>().0.iter_mut().enumerate() {
             let x = xs.map(|x| &x[c]);
-            *a = self.lanes(x, bs.get(c).unwrap_or(&zeros), &get, &thin, &delta);
+            *a = self.lanes::<VOTE>(x, bs.get(c).unwrap_or(&zeros), &get, &thin, &delta);
         }
         if !tail.is_empty() {
             // The last few elements, padded to a whole set of lanes.
@@ -601,14 +612,14 @@ impl<const M: usize, const S: usize> Ties<'_, M, S> {
             if let Some(src) = b.get(full..n) {
                 bt[..r].copy_from_slice(src);
             }
-            let out = self.lanes(x.each_ref(), &bt, &get, &thin, &delta);
+            let out = self.lanes::<VOTE>(x.each_ref(), &bt, &get, &thin, &delta);
             tail.copy_from_slice(&out[..r]);
         }
     }
 
     /// [`LANES`] elements: the models' `x` and the base's `b`, combined.
     #[inline(always)]
-    fn lanes(
+    fn lanes<const VOTE: bool>(
         &self,
         x: [&[[u8; S]; LANES]; M],
         b: &[f32; LANES],
@@ -624,6 +635,9 @@ impl<const M: usize, const S: usize> Ties<'_, M, S> {
                 v[i][l] = thin(i, delta(get(x[i][l]), b[l]));
                 sum[l] += w[i] * v[i][l];
             }
+        }
+        if !VOTE {
+            return sum;
         }
         let mut num = [0f32; LANES];
         let mut den = [0f32; LANES];
