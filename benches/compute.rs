@@ -6,6 +6,11 @@
 //! DTYPE). `cargo bench --bench compute`; `THETA_BENCH_SHAPES=small` for a
 //! quick run; `THETA_BENCH_DTYPES=bf16,f32,f16` (default `bf16`) for more
 //! dtypes; a filter such as `-- /cpu/bf16/` picks the rest.
+//!
+//! `compute/bandwidth/cpu/...` is not a kernel but this machine's ceiling
+//! for a merge's traffic: the same bytes read and written with nothing
+//! computed. A merge's bytes/s over it is the share of the reachable memory
+//! bandwidth the merge gets.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use theta_engine::DType;
@@ -52,6 +57,20 @@ fn data(n: usize, seed: u32, dtype: DType) -> Vec<u8> {
     out
 }
 
+/// `out = a ^ b ^ c ^ d`, bytewise, on every core: three models and the
+/// base read and one tensor written, as a merge does, with nothing computed.
+fn stream(ins: [&[u8]; 4], out: &mut [u8]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+        let at = i * CHUNK;
+        let [a, b, c, d] = ins.map(|x| &x[at..at + o.len()]);
+        for ((((o, a), b), c), d) in o.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+            *o = a ^ b ^ c ^ d;
+        }
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("compute");
     g.sample_size(10);
@@ -63,6 +82,16 @@ fn bench(c: &mut Criterion) {
             let models: Vec<Vec<u8>> = (0..3).map(|s| data(n, s, dt)).collect();
             let base = data(n, 9, dt);
             let mut out = vec![0u8; n * sz];
+            g.throughput(Throughput::Bytes((5 * n * sz) as u64));
+            g.bench_function(
+                BenchmarkId::new(format!("bandwidth/cpu/{dn}"), shape),
+                |b| {
+                    b.iter(|| {
+                        let ins = [&models[0][..], &models[1][..], &models[2][..], &base[..]];
+                        stream(ins, &mut out)
+                    })
+                },
+            );
             for dev in &devices {
                 let terms: Vec<Term<'_>> = models
                     .iter()
