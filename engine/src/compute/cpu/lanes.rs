@@ -4,8 +4,10 @@
 //!
 //! The conversions give exactly the bits of `half` (and of the WGSL
 //! `unpack`/`pack` in `common.wgsl`): BF16 decode is a shift, BF16 encode
-//! rounds to nearest even and quiets NaNs; F16 goes through `half`'s slice
-//! conversions, which use F16C when the CPU has it.
+//! rounds to nearest even and quiets NaNs; F16 goes through F16C's
+//! `vcvtph2ps`/`vcvtps2ph` in the AVX2 and AVX-512 tiers (inlined into the
+//! loops, the instructions `half` uses too), else through `half`'s slice
+//! conversions.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -46,6 +48,9 @@ pub(super) fn decode(src: &[u8], dtype: DType, dst: &mut [f32], tmp: &mut Vec<u1
                 *d = bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `f16c` says the CPU has F16C.
+        DType::F16 if f16c() => unsafe { f16c::decode(src, dst) },
         DType::F16 => match bytemuck::try_cast_slice::<u8, f16>(src) {
             Ok(h) => h.convert_to_f32_slice(dst),
             Err(_) => {
@@ -76,6 +81,9 @@ pub(super) fn encode(src: &[f32], dst: &mut [u8], dtype: DType, tmp: &mut Vec<u1
                 d.copy_from_slice(&bf16_bits(x).to_le_bytes());
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `decode`.
+        DType::F16 if f16c() => unsafe { f16c::encode(src, dst) },
         DType::F16 => match bytemuck::try_cast_slice_mut::<u8, f16>(dst) {
             Ok(h) => h.convert_from_f32_slice(src),
             Err(_) => {
@@ -88,6 +96,110 @@ pub(super) fn encode(src: &[f32], dst: &mut [u8], dtype: DType, tmp: &mut Vec<u1
             }
         },
         _ => {}
+    }
+}
+
+/// Whether the tier the loops run converts F16 with F16C: the AVX2 and
+/// AVX-512 tiers, which require it.
+#[inline(always)]
+pub(super) fn f16c() -> bool {
+    cfg!(target_arch = "x86_64") && isa() >= Isa::Avx2
+}
+
+/// F16 conversions by F16C, 8 elements an instruction. `#[inline]` with
+/// F16C enabled: they inline into the AVX2 and AVX-512 copies of a loop
+/// (which enable F16C), and are only called where [`f16c`] holds.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod f16c {
+    use std::arch::x86_64::{
+        __m128i, _mm_loadu_si128, _mm_storeu_si128, _mm256_cvtph_ps, _mm256_cvtps_ph,
+        _mm256_loadu_ps, _mm256_storeu_ps,
+    };
+
+    /// `_mm256_cvtps_ph`'s rounding: to nearest even, as `half` and WGSL.
+    const NEAREST: i32 = 0;
+
+    /// Sixteen little-endian F16 elements as f32.
+    ///
+    /// # Safety
+    /// The CPU has F16C.
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    pub(in crate::compute::cpu) unsafe fn x16(x: &[[u8; 2]; 16]) -> [f32; 16] {
+        let p = x.as_ptr().cast::<__m128i>();
+        let mut out = [0f32; 16];
+        // SAFETY: `x` holds 32 bytes, two unaligned loads' worth, and `out`
+        // 16 f32, two unaligned stores' worth.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(p)));
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(8),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
+            );
+        }
+        out
+    }
+
+    /// Decodes `dst.len()` F16 elements from `src`.
+    ///
+    /// # Safety
+    /// The CPU has F16C.
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    pub(super) unsafe fn decode(src: &[u8], dst: &mut [f32]) {
+        let (src, dst) = (&src[..dst.len() * 2], dst);
+        let (whole, rest) = src.as_chunks::<16>();
+        let (head, tail) = dst.split_at_mut(whole.len() * 8);
+        for (c, d) in whole.iter().zip(head.as_chunks_mut::<8>().0) {
+            // SAFETY: 16 bytes in, 8 f32 out, unaligned.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr().cast()));
+                _mm256_storeu_ps(d.as_mut_ptr(), v);
+            }
+        }
+        if !tail.is_empty() {
+            let mut c = [0u8; 16];
+            c[..rest.len()].copy_from_slice(rest);
+            let mut d = [0f32; 8];
+            // SAFETY: as above.
+            unsafe {
+                _mm256_storeu_ps(
+                    d.as_mut_ptr(),
+                    _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr().cast())),
+                );
+            }
+            tail.copy_from_slice(&d[..tail.len()]);
+        }
+    }
+
+    /// Encodes `src` into `dst` as F16 elements.
+    ///
+    /// # Safety
+    /// The CPU has F16C.
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    pub(super) unsafe fn encode(src: &[f32], dst: &mut [u8]) {
+        let dst = &mut dst[..src.len() * 2];
+        let (whole, rest) = src.as_chunks::<8>();
+        let (head, tail) = dst.split_at_mut(whole.len() * 16);
+        for (c, d) in whole.iter().zip(head.as_chunks_mut::<16>().0) {
+            // SAFETY: 8 f32 in, 16 bytes out, unaligned.
+            unsafe {
+                let v = _mm256_cvtps_ph::<NEAREST>(_mm256_loadu_ps(c.as_ptr()));
+                _mm_storeu_si128(d.as_mut_ptr().cast(), v);
+            }
+        }
+        if !rest.is_empty() {
+            let mut c = [0f32; 8];
+            c[..rest.len()].copy_from_slice(rest);
+            let mut d = [0u8; 16];
+            // SAFETY: as above.
+            unsafe {
+                let v = _mm256_cvtps_ph::<NEAREST>(_mm256_loadu_ps(c.as_ptr()));
+                _mm_storeu_si128(d.as_mut_ptr().cast(), v);
+            }
+            tail.copy_from_slice(&d[..tail.len()]);
+        }
     }
 }
 
@@ -120,9 +232,9 @@ pub(super) fn for_each_set(flags: &[u8], mut f: impl FnMut(usize)) {
 pub(super) enum Isa {
     /// The build's target baseline (SSE2 on x86-64).
     Baseline,
-    /// AVX2 and FMA.
+    /// AVX2, FMA and F16C.
     Avx2,
-    /// AVX-512 F, BW, VL and DQ, besides AVX2 and FMA.
+    /// AVX-512 F, BW, VL and DQ, besides AVX2, FMA and F16C.
     Avx512,
 }
 
@@ -136,7 +248,7 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
+            if has!("avx2") && has!("fma") && has!("f16c") {
                 if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") {
                     return Isa::Avx512;
                 }
@@ -203,7 +315,8 @@ pub(super) fn on_every_isa(body: impl Fn(Isa) + Sync) {
 }
 
 /// Defines `fn NAME(args) -> R { BODY }` three times, compiled for AVX-512
-/// (F, BW, VL, DQ), for AVX2 (and FMA) and for the build's baseline, and
+/// (F, BW, VL, DQ), for AVX2 (with FMA and F16C) and for the build's
+/// baseline, and
 /// runs the copy [`isa`] names. What BODY calls must be
 /// `#[inline(always)]` to land in each copy. Rust never contracts
 /// `a * b + c` into an FMA nor reorders float operations, so every copy
@@ -218,11 +331,11 @@ macro_rules! multiversion {
             {
                 use $crate::compute::cpu::lanes::{isa, Isa};
                 // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86.
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                #[target_feature(enable = "avx2,fma")]
+                #[target_feature(enable = "avx2,fma,f16c")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
@@ -262,6 +375,10 @@ mod tests {
 
     #[test]
     fn decode_encode_match_half_aligned_or_not() {
+        on_every_isa(|_| decode_encode_match_half_on_this_isa());
+    }
+
+    fn decode_encode_match_half_on_this_isa() {
         let xs: Vec<f32> = (0..1000u32)
             .map(|i| f32::from_bits(super::super::super::ops::mix32(i)))
             .chain([
@@ -290,6 +407,18 @@ mod tests {
                 crate::convert::decode_chunk(&want, dtype, &mut back);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&back), "{dtype} decode");
+            }
+        }
+        // Every F16 bit pattern (NaN payloads, subnormals), at an odd length
+        // and offset so that the last few go through the padded tail.
+        let all: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        for (off, n) in [(0, 65536), (2, 65533)] {
+            let mut got = vec![0f32; n];
+            decode(&all[off..off + 2 * n], DType::F16, &mut got, &mut tmp);
+            for (j, g) in got.iter().enumerate() {
+                let h = (off / 2 + j) as u16;
+                let want = f16::from_bits(h).to_f32();
+                assert_eq!(g.to_bits(), want.to_bits(), "F16 {h:#06x}");
             }
         }
     }

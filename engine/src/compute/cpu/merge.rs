@@ -286,11 +286,19 @@ impl<'a> FastMerge<'a> {
         match dtype {
             DType::BF16 => {
                 let xs = std::array::from_fn(|i| raw(i).as_chunks::<2>().0);
-                self.models_thin::<M, 2>(xs, b, acc, |c| lanes::bf16_to_f32(u16::from_le_bytes(c)))
+                self.models_thin::<M, 2>(xs, b, acc, |x| {
+                    x.map(|c| lanes::bf16_to_f32(u16::from_le_bytes(c)))
+                })
+            }
+            #[cfg(target_arch = "x86_64")]
+            DType::F16 if lanes::f16c() => {
+                let xs = std::array::from_fn(|i| raw(i).as_chunks::<2>().0);
+                // SAFETY: `f16c` says the CPU has F16C.
+                self.models_thin::<M, 2>(xs, b, acc, |x| unsafe { lanes::f16c::x16(x) })
             }
             DType::F16 => {
-                // F16 converts fastest a block at a time (`half`, F16C where
-                // the CPU has it): each model's block is decoded first.
+                // Without F16C, F16 converts fastest a block at a time
+                // (`half`): each model's block is decoded first.
                 for (i, d) in ds.chunks_exact_mut(BLOCK).take(M).enumerate() {
                     lanes::decode(raw(i), dtype, &mut d[..len], bits);
                 }
@@ -300,18 +308,18 @@ impl<'a> FastMerge<'a> {
                         .as_chunks::<4>()
                         .0
                 });
-                self.models_thin::<M, 4>(xs, b, acc, f32::from_ne_bytes)
+                self.models_thin::<M, 4>(xs, b, acc, |x| x.map(f32::from_ne_bytes))
             }
             // F32: `new` takes no other dtype.
             _ => {
                 let xs = std::array::from_fn(|i| raw(i).as_chunks::<4>().0);
-                self.models_thin::<M, 4>(xs, b, acc, f32::from_le_bytes)
+                self.models_thin::<M, 4>(xs, b, acc, |x| x.map(f32::from_le_bytes))
             }
         }
     }
 
     /// [`FastMerge::all_models`] for `M` models of elements of `S` bytes
-    /// decoded by `get`, per sparsification (none or magnitude: random
+    /// decoded [`LANES`] at a time by `get`, per sparsification (none or magnitude: random
     /// thinning is never fused, see [`FastMerge::chunk_impl`]).
     #[inline(always)]
     fn models_thin<const M: usize, const S: usize>(
@@ -319,7 +327,7 @@ impl<'a> FastMerge<'a> {
         xs: [&[[u8; S]]; M],
         b: &[f32],
         acc: &mut [f32],
-        get: impl Fn([u8; S]) -> f32,
+        get: impl Fn(&[[u8; S]; LANES]) -> [f32; LANES],
     ) {
         let mp: [&ModelParams; M] = std::array::from_fn(|i| &self.models[i]);
         let w = mp.map(|m| m.weight);
@@ -566,10 +574,15 @@ struct AllModels<'a, const M: usize, const S: usize> {
 }
 
 impl<const M: usize, const S: usize> AllModels<'_, M, S> {
-    /// The combined deltas into `acc`; `get` decodes an element, `thin(i,
-    /// δ)` sparsifies a delta of model `i`.
+    /// The combined deltas into `acc`; `get` decodes [`LANES`] elements,
+    /// `thin(i, δ)` sparsifies a delta of model `i`.
     #[inline(always)]
-    fn run(&self, acc: &mut [f32], get: impl Fn([u8; S]) -> f32, thin: impl Fn(usize, f32) -> f32) {
+    fn run(
+        &self,
+        acc: &mut [f32],
+        get: impl Fn(&[[u8; S]; LANES]) -> [f32; LANES],
+        thin: impl Fn(usize, f32) -> f32,
+    ) {
         match (self.b, self.vote) {
             (Some(b), true) => self.each::<true>(acc, b, get, thin, |x, b| x - b),
             (Some(b), false) => self.each::<false>(acc, b, get, thin, |x, b| x - b),
@@ -587,7 +600,7 @@ impl<const M: usize, const S: usize> AllModels<'_, M, S> {
         &self,
         acc: &mut [f32],
         b: &[f32],
-        get: impl Fn([u8; S]) -> f32,
+        get: impl Fn(&[[u8; S]; LANES]) -> [f32; LANES],
         thin: impl Fn(usize, f32) -> f32,
         delta: impl Fn(f32, f32) -> f32,
     ) {
@@ -623,7 +636,7 @@ impl<const M: usize, const S: usize> AllModels<'_, M, S> {
         &self,
         x: [&[[u8; S]; LANES]; M],
         b: &[f32; LANES],
-        get: &impl Fn([u8; S]) -> f32,
+        get: &impl Fn(&[[u8; S]; LANES]) -> [f32; LANES],
         thin: &impl Fn(usize, f32) -> f32,
         delta: &impl Fn(f32, f32) -> f32,
     ) -> [f32; LANES] {
@@ -631,8 +644,9 @@ impl<const M: usize, const S: usize> AllModels<'_, M, S> {
         let mut v = [[0f32; LANES]; M];
         let mut sum = [0f32; LANES];
         for i in 0..M {
+            let xi = get(x[i]);
             for l in 0..LANES {
-                v[i][l] = thin(i, delta(get(x[i][l]), b[l]));
+                v[i][l] = thin(i, delta(xi[l], b[l]));
                 sum[l] += w[i] * v[i][l];
             }
         }
