@@ -112,30 +112,27 @@ pub(super) fn f16c() -> bool {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod f16c {
     use std::arch::x86_64::{
-        __m128i, _mm_loadu_si128, _mm_storeu_si128, _mm256_cvtph_ps, _mm256_cvtps_ph,
-        _mm256_loadu_ps, _mm256_storeu_ps,
+        _mm_loadu_si128, _mm_storeu_si128, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps,
+        _mm256_storeu_ps,
     };
 
     /// `_mm256_cvtps_ph`'s rounding: to nearest even, as `half` and WGSL.
     const NEAREST: i32 = 0;
 
-    /// Sixteen little-endian F16 elements as f32.
+    /// `N` little-endian F16 elements as f32 (`N` a multiple of 8).
     ///
     /// # Safety
     /// The CPU has F16C.
     #[target_feature(enable = "avx,f16c")]
     #[inline]
-    pub(in crate::compute::cpu) unsafe fn x16(x: &[[u8; 2]; 16]) -> [f32; 16] {
-        let p = x.as_ptr().cast::<__m128i>();
-        let mut out = [0f32; 16];
-        // SAFETY: `x` holds 32 bytes, two unaligned loads' worth, and `out`
-        // 16 f32, two unaligned stores' worth.
-        unsafe {
-            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(p)));
-            _mm256_storeu_ps(
-                out.as_mut_ptr().add(8),
-                _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
-            );
+    pub(in crate::compute::cpu) unsafe fn lanes<const N: usize>(x: &[[u8; 2]; N]) -> [f32; N] {
+        let mut out = [0f32; N];
+        for (c, d) in x.as_chunks::<8>().0.iter().zip(out.as_chunks_mut::<8>().0) {
+            // SAFETY: 16 bytes in, 8 f32 out, unaligned.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr().cast()));
+                _mm256_storeu_ps(d.as_mut_ptr(), v);
+            }
         }
         out
     }

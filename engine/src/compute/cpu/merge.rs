@@ -294,7 +294,7 @@ impl<'a> FastMerge<'a> {
             DType::F16 if lanes::f16c() => {
                 let xs = std::array::from_fn(|i| raw(i).as_chunks::<2>().0);
                 // SAFETY: `f16c` says the CPU has F16C.
-                self.models_thin::<M, 2>(xs, b, acc, |x| unsafe { lanes::f16c::x16(x) })
+                self.models_thin::<M, 2>(xs, b, acc, |x| unsafe { lanes::f16c::lanes(x) })
             }
             DType::F16 => {
                 // Without F16C, F16 converts fastest a block at a time
