@@ -201,17 +201,43 @@ impl<'a> FastMerge<'a> {
                     *a /= w;
                 }
             }
-            let lambda = self.p.lambda;
-            if self.base.is_some() {
-                for (a, &bv) in acc.iter_mut().zip(b.iter()) {
-                    *a = bv + lambda * *a;
-                }
-            } else {
-                for a in acc.iter_mut() {
-                    *a = 0.0 + lambda * *a;
+            // `base + λ·a` and the encode, in one loop where the encode is
+            // bit operations.
+            match self.out_dtype {
+                DType::BF16 => self.last(acc, b, out.as_chunks_mut().0, |v| {
+                    lanes::bf16_bits(v).to_le_bytes()
+                }),
+                DType::F32 => self.last(acc, b, out.as_chunks_mut().0, f32::to_le_bytes),
+                // F16: into the (now free) delta scratch, then encoded.
+                _ => {
+                    let f = &mut ds[..len];
+                    self.last(acc, b, bytemuck::cast_slice_mut(f), f32::to_ne_bytes);
+                    lanes::encode(f, out, self.out_dtype, bits);
                 }
             }
-            lanes::encode(acc, out, self.out_dtype, bits);
+        }
+    }
+
+    /// `base + λ·a` (or `0 + λ·a` without a base) of each combined delta
+    /// `a` of `acc`, encoded by `enc` into `out`.
+    #[inline(always)]
+    fn last<const S: usize>(
+        &self,
+        acc: &[f32],
+        b: &[f32],
+        out: &mut [[u8; S]],
+        enc: impl Fn(f32) -> [u8; S],
+    ) {
+        let lambda = self.p.lambda;
+        let out = &mut out[..acc.len()];
+        if self.base.is_some() {
+            for ((o, &a), &bv) in out.iter_mut().zip(acc).zip(b) {
+                *o = enc(bv + lambda * a);
+            }
+        } else {
+            for (o, &a) in out.iter_mut().zip(acc) {
+                *o = enc(0.0 + lambda * a);
+            }
         }
     }
 
