@@ -119,6 +119,40 @@ pub(super) mod f16c {
     /// `_mm256_cvtps_ph`'s rounding: to nearest even, as `half` and WGSL.
     const NEAREST: i32 = 0;
 
+    /// Eight little-endian F16 elements as f32.
+    ///
+    /// # Safety
+    /// The CPU has F16C.
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    unsafe fn to_f32x8(c: &[u8; 16]) -> [f32; 8] {
+        let mut d = [0f32; 8];
+        // SAFETY: 16 bytes in, 8 f32 out, unaligned.
+        unsafe {
+            _mm256_storeu_ps(
+                d.as_mut_ptr(),
+                _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr().cast())),
+            )
+        };
+        d
+    }
+
+    /// Eight f32 as little-endian F16 elements.
+    ///
+    /// # Safety
+    /// The CPU has F16C.
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    unsafe fn to_f16x8(c: &[f32; 8]) -> [u8; 16] {
+        let mut d = [0u8; 16];
+        // SAFETY: 8 f32 in, 16 bytes out, unaligned.
+        unsafe {
+            let v = _mm256_cvtps_ph::<NEAREST>(_mm256_loadu_ps(c.as_ptr()));
+            _mm_storeu_si128(d.as_mut_ptr().cast(), v);
+        }
+        d
+    }
+
     /// `N` little-endian F16 elements as f32 (`N` a multiple of 8).
     ///
     /// # Safety
@@ -127,12 +161,10 @@ pub(super) mod f16c {
     #[inline]
     pub(in crate::compute::cpu) unsafe fn lanes<const N: usize>(x: &[[u8; 2]; N]) -> [f32; N] {
         let mut out = [0f32; N];
-        for (c, d) in x.as_chunks::<8>().0.iter().zip(out.as_chunks_mut::<8>().0) {
-            // SAFETY: 16 bytes in, 8 f32 out, unaligned.
-            unsafe {
-                let v = _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr().cast()));
-                _mm256_storeu_ps(d.as_mut_ptr(), v);
-            }
+        let x: &[u8] = x.as_flattened();
+        for (c, d) in x.as_chunks().0.iter().zip(out.as_chunks_mut().0) {
+            // SAFETY: the caller's.
+            *d = unsafe { to_f32x8(c) };
         }
         out
     }
@@ -144,28 +176,17 @@ pub(super) mod f16c {
     #[target_feature(enable = "avx,f16c")]
     #[inline]
     pub(super) unsafe fn decode(src: &[u8], dst: &mut [f32]) {
-        let (src, dst) = (&src[..dst.len() * 2], dst);
-        let (whole, rest) = src.as_chunks::<16>();
+        let (whole, rest) = src[..dst.len() * 2].as_chunks::<16>();
         let (head, tail) = dst.split_at_mut(whole.len() * 8);
-        for (c, d) in whole.iter().zip(head.as_chunks_mut::<8>().0) {
-            // SAFETY: 16 bytes in, 8 f32 out, unaligned.
-            unsafe {
-                let v = _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr().cast()));
-                _mm256_storeu_ps(d.as_mut_ptr(), v);
-            }
+        for (c, d) in whole.iter().zip(head.as_chunks_mut().0) {
+            // SAFETY: the caller's.
+            *d = unsafe { to_f32x8(c) };
         }
         if !tail.is_empty() {
             let mut c = [0u8; 16];
             c[..rest.len()].copy_from_slice(rest);
-            let mut d = [0f32; 8];
-            // SAFETY: as above.
-            unsafe {
-                _mm256_storeu_ps(
-                    d.as_mut_ptr(),
-                    _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr().cast())),
-                );
-            }
-            tail.copy_from_slice(&d[..tail.len()]);
+            // SAFETY: the caller's.
+            tail.copy_from_slice(&unsafe { to_f32x8(&c) }[..tail.len()]);
         }
     }
 
@@ -176,26 +197,17 @@ pub(super) mod f16c {
     #[target_feature(enable = "avx,f16c")]
     #[inline]
     pub(super) unsafe fn encode(src: &[f32], dst: &mut [u8]) {
-        let dst = &mut dst[..src.len() * 2];
         let (whole, rest) = src.as_chunks::<8>();
-        let (head, tail) = dst.split_at_mut(whole.len() * 16);
-        for (c, d) in whole.iter().zip(head.as_chunks_mut::<16>().0) {
-            // SAFETY: 8 f32 in, 16 bytes out, unaligned.
-            unsafe {
-                let v = _mm256_cvtps_ph::<NEAREST>(_mm256_loadu_ps(c.as_ptr()));
-                _mm_storeu_si128(d.as_mut_ptr().cast(), v);
-            }
+        let (head, tail) = dst[..src.len() * 2].split_at_mut(whole.len() * 16);
+        for (c, d) in whole.iter().zip(head.as_chunks_mut().0) {
+            // SAFETY: the caller's.
+            *d = unsafe { to_f16x8(c) };
         }
         if !rest.is_empty() {
             let mut c = [0f32; 8];
             c[..rest.len()].copy_from_slice(rest);
-            let mut d = [0u8; 16];
-            // SAFETY: as above.
-            unsafe {
-                let v = _mm256_cvtps_ph::<NEAREST>(_mm256_loadu_ps(c.as_ptr()));
-                _mm_storeu_si128(d.as_mut_ptr().cast(), v);
-            }
-            tail.copy_from_slice(&d[..tail.len()]);
+            // SAFETY: the caller's.
+            tail.copy_from_slice(&unsafe { to_f16x8(&c) }[..tail.len()]);
         }
     }
 }
@@ -313,8 +325,7 @@ pub(super) fn on_every_isa(body: impl Fn(Isa) + Sync) {
 
 /// Defines `fn NAME(args) -> R { BODY }` three times, compiled for AVX-512
 /// (F, BW, VL, DQ), for AVX2 (with FMA and F16C) and for the build's
-/// baseline, and
-/// runs the copy [`isa`] names. What BODY calls must be
+/// baseline, and runs the copy [`isa`] names. What BODY calls must be
 /// `#[inline(always)]` to land in each copy. Rust never contracts
 /// `a * b + c` into an FMA nor reorders float operations, so every copy
 /// gives the same bits.

@@ -345,8 +345,9 @@ impl<'a> FastMerge<'a> {
     }
 
     /// [`FastMerge::all_models`] for `M` models of elements of `S` bytes
-    /// decoded [`LANES`] at a time by `get`, per sparsification (none or magnitude: random
-    /// thinning is never fused, see [`FastMerge::chunk_impl`]).
+    /// decoded [`LANES`] at a time by `get`, per sparsification (none or
+    /// magnitude: random thinning is never fused, see
+    /// [`FastMerge::chunk_impl`]).
     #[inline(always)]
     fn models_thin<const M: usize, const S: usize>(
         &self,
