@@ -24,12 +24,17 @@ pub(super) fn bf16_to_f32(h: u16) -> f32 {
 }
 
 /// `half::bf16::from_f32`, branch-free so a loop of it vectorises.
+/// Rounding to nearest even is one add: `0x7fff` plus the kept part's
+/// lowest bit carries into it exactly when the dropped half is above
+/// `0x8000`, or equal with that bit odd. No finite or infinite value
+/// overflows the u32 (the largest, −∞, is `0xff80_0000`); NaNs are quieted
+/// instead.
 #[inline(always)]
 pub(super) fn bf16_bits(x: f32) -> u16 {
+    // One float compare, where testing the bits takes a mask and a compare.
+    let nan = x.is_nan();
     let x = x.to_bits();
-    let nan = x & 0x7fff_ffff > 0x7f80_0000;
-    let up = (x & 0x8000 != 0) && (x & 0x17fff != 0);
-    let rounded = (x >> 16) + u32::from(up);
+    let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16;
     (if nan { (x >> 16) | 0x0040 } else { rounded }) as u16
 }
 

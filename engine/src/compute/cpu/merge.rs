@@ -230,7 +230,13 @@ impl<'a> FastMerge<'a> {
     ) {
         let lambda = self.p.lambda;
         let out = &mut out[..acc.len()];
-        if self.base.is_some() {
+        if self.base.is_some() && lambda == 1.0 {
+            // `1·a` is `a`, NaN payloads aside (which no path promises): one
+            // multiply less per element for the common λ.
+            for ((o, &a), &bv) in out.iter_mut().zip(acc).zip(b) {
+                *o = enc(bv + a);
+            }
+        } else if self.base.is_some() {
             for ((o, &a), &bv) in out.iter_mut().zip(acc).zip(b) {
                 *o = enc(bv + lambda * a);
             }
