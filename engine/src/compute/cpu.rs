@@ -244,13 +244,19 @@ mod tests {
 
     fn fast_merge_matches_the_reference_on(isa: lanes::Isa) {
         let dtypes = [DType::F32, DType::F16, DType::BF16];
-        for (li, &n) in LENS.iter().enumerate() {
-            let dtype = dtypes[li % 3];
-            let other = dtypes[(li + 1) % 3];
-            // 2 to 4 models of one dtype take the all-models loop; 5
-            // models, or a base of another dtype, the per-model loops.
-            let m = [3, 2, 4, 5, 2, 3][li];
-            let base_dtype = if li == 4 { other } else { dtype };
+        // (length, dtype index, models, base of another dtype): 2 to 4
+        // models of one dtype take the all-models loop; 5 models, or a base
+        // of another dtype, the per-model loops. Then each dtype's
+        // all-models loop once more over whole lanes and a tail.
+        let cases = LENS
+            .iter()
+            .enumerate()
+            .map(|(li, &n)| (n, li % 3, [3, 2, 4, 5, 2, 3][li], li == 4))
+            .chain((0..3).map(|d| (1025, d, 3, false)));
+        for (n, d, m, mixed) in cases {
+            let dtype = dtypes[d];
+            let other = dtypes[(d + 1) % 3];
+            let base_dtype = if mixed { other } else { dtype };
             let raw: Vec<Vec<u8>> = (0..m as u32)
                 .map(|s| unaligned(dtype, &values(n, s)))
                 .chain([unaligned(base_dtype, &values(n, 99))])

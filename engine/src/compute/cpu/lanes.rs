@@ -117,8 +117,9 @@ pub(super) fn f16c() -> bool {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod f16c {
     use std::arch::x86_64::{
-        _mm_loadu_si128, _mm_storeu_si128, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps,
-        _mm256_storeu_ps,
+        __m256, _mm_loadu_si128, _mm_storeu_si128, _mm256_add_ps, _mm256_cvtph_ps, _mm256_cvtps_ph,
+        _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+        _mm256_sub_ps,
     };
 
     /// `_mm256_cvtps_ph`'s rounding: to nearest even, as `half` and WGSL.
@@ -192,6 +193,64 @@ pub(super) mod f16c {
             c[..rest.len()].copy_from_slice(rest);
             // SAFETY: the caller's.
             tail.copy_from_slice(&unsafe { to_f32x8(&c) }[..tail.len()]);
+        }
+    }
+
+    /// `acc[j] = Σᵢ w[i]·(xᵢ[j] − b[j])`, or `Σᵢ w[i]·xᵢ[j]` without a base,
+    /// summed from 0 in model order (the reference's operations for an
+    /// unthinned linear merge), over F16 models `xs` (`2 · acc.len()` bytes
+    /// each). In vector registers: the compiler's vectorisation of the
+    /// all-models loop shuffles F16C's results lane by lane.
+    ///
+    /// # Safety
+    /// The CPU has F16C.
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    pub(in crate::compute::cpu) unsafe fn weighted_sum<const M: usize>(
+        xs: [&[u8]; M],
+        b: Option<&[f32]>,
+        w: [f32; M],
+        acc: &mut [f32],
+    ) {
+        let n = acc.len();
+        let xs = xs.map(|x| x[..2 * n].as_chunks::<16>());
+        let b = b.map(|b| b[..n].as_chunks::<8>());
+        let (head, tail) = acc.as_chunks_mut::<8>();
+        let w = w.map(|w| _mm256_set1_ps(w));
+        // SAFETY (every block below): the caller's.
+        let eight = |x: [&[u8; 16]; M], b: Option<&[f32; 8]>| -> __m256 {
+            unsafe {
+                let mut sum = _mm256_setzero_ps();
+                for i in 0..M {
+                    let mut d = _mm256_cvtph_ps(_mm_loadu_si128(x[i].as_ptr().cast()));
+                    if let Some(b) = b {
+                        d = _mm256_sub_ps(d, _mm256_loadu_ps(b.as_ptr()));
+                    }
+                    sum = _mm256_add_ps(sum, _mm256_mul_ps(w[i], d));
+                }
+                sum
+            }
+        };
+        for (c, a) in head.iter_mut().enumerate() {
+            let sum = eight(xs.map(|x| &x.0[c]), b.map(|b| &b.0[c]));
+            unsafe { _mm256_storeu_ps(a.as_mut_ptr(), sum) };
+        }
+        if !tail.is_empty() {
+            // The last few elements, padded to eight.
+            let r = tail.len();
+            let x: [[u8; 16]; M] = std::array::from_fn(|i| {
+                let mut c = [0u8; 16];
+                c[..2 * r].copy_from_slice(xs[i].1);
+                c
+            });
+            let bt = b.map(|b| {
+                let mut c = [0f32; 8];
+                c[..r].copy_from_slice(b.1);
+                c
+            });
+            let mut out = [0f32; 8];
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), eight(x.each_ref(), bt.as_ref())) };
+            tail.copy_from_slice(&out[..r]);
         }
     }
 

@@ -302,6 +302,15 @@ impl<'a> FastMerge<'a> {
         true
     }
 
+    /// Whether the combined delta is the plain weighted sum of the deltas:
+    /// no thinning and no vote.
+    fn linear_unthinned(&self) -> bool {
+        let c = self.p.combine;
+        self.p.sparsify == ops::SPARSIFY_NONE
+            && c != ops::COMBINE_TIES_MEAN
+            && c != ops::COMBINE_TIES_SUM
+    }
+
     /// [`FastMerge::all_models`] for `M` models of `dtype`.
     #[inline(always)]
     fn models_dtype<const M: usize>(
@@ -321,6 +330,13 @@ impl<'a> FastMerge<'a> {
                 self.models_thin::<M, 2>(xs, b, acc, |x| {
                     x.map(|c| lanes::bf16_to_f32(u16::from_le_bytes(c)))
                 })
+            }
+            #[cfg(target_arch = "x86_64")]
+            DType::F16 if lanes::f16c() && self.linear_unthinned() => {
+                let w = std::array::from_fn(|i| self.models[i].weight);
+                let b = self.base.is_some().then_some(b);
+                // SAFETY: `f16c` says the CPU has F16C.
+                unsafe { lanes::f16c::weighted_sum::<M>(std::array::from_fn(raw), b, w, acc) }
             }
             #[cfg(target_arch = "x86_64")]
             DType::F16 if lanes::f16c() => {
