@@ -133,14 +133,20 @@ pub(super) mod f16c {
     #[inline]
     unsafe fn to_f32x8(c: &[u8; 16]) -> [f32; 8] {
         let mut d = [0f32; 8];
-        // SAFETY: 16 bytes in, 8 f32 out, unaligned.
-        unsafe {
-            _mm256_storeu_ps(
-                d.as_mut_ptr(),
-                _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr().cast())),
-            )
-        };
+        // SAFETY: 8 f32 out, unaligned; F16C is the caller's.
+        unsafe { _mm256_storeu_ps(d.as_mut_ptr(), load_f16x8(c)) };
         d
+    }
+
+    /// Eight little-endian F16 elements as f32, in a register.
+    ///
+    /// # Safety
+    /// The CPU has F16C.
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    unsafe fn load_f16x8(c: &[u8; 16]) -> __m256 {
+        // SAFETY: 16 bytes in, unaligned.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(c.as_ptr().cast())) }
     }
 
     /// Eight f32 as little-endian F16 elements.
@@ -222,7 +228,7 @@ pub(super) mod f16c {
             unsafe {
                 let mut sum = _mm256_setzero_ps();
                 for i in 0..M {
-                    let mut d = _mm256_cvtph_ps(_mm_loadu_si128(x[i].as_ptr().cast()));
+                    let mut d = load_f16x8(x[i]);
                     if let Some(b) = b {
                         d = _mm256_sub_ps(d, _mm256_loadu_ps(b.as_ptr()));
                     }

@@ -154,7 +154,7 @@ impl<'a> FastMerge<'a> {
                 lanes::decode(bytes(x, at, len), x.dtype, b, bits);
             }
             let c = self.p.combine;
-            let ties = c == ops::COMBINE_TIES_MEAN || c == ops::COMBINE_TIES_SUM;
+            let ties = self.votes();
             // With nothing looking between the steps, every model's steps
             // for an element run in one loop; otherwise each step is a loop
             // over the block. Random thinning vectorises only in a loop of
@@ -302,13 +302,16 @@ impl<'a> FastMerge<'a> {
         true
     }
 
+    /// Whether the combination is TIES' sign election.
+    fn votes(&self) -> bool {
+        let c = self.p.combine;
+        c == ops::COMBINE_TIES_MEAN || c == ops::COMBINE_TIES_SUM
+    }
+
     /// Whether the combined delta is the plain weighted sum of the deltas:
     /// no thinning and no vote.
     fn linear_unthinned(&self) -> bool {
-        let c = self.p.combine;
-        self.p.sparsify == ops::SPARSIFY_NONE
-            && c != ops::COMBINE_TIES_MEAN
-            && c != ops::COMBINE_TIES_SUM
+        self.p.sparsify == ops::SPARSIFY_NONE && !self.votes()
     }
 
     /// [`FastMerge::all_models`] for `M` models of `dtype`.
@@ -385,7 +388,7 @@ impl<'a> FastMerge<'a> {
             xs,
             b: self.base.is_some().then_some(b),
             w,
-            vote: c == ops::COMBINE_TIES_MEAN || c == ops::COMBINE_TIES_SUM,
+            vote: self.votes(),
             sum_only: c == ops::COMBINE_TIES_SUM,
         };
         match self.p.sparsify {
