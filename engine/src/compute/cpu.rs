@@ -9,6 +9,8 @@ mod merge;
 mod moments;
 mod select;
 mod stats;
+#[cfg(target_arch = "x86_64")]
+mod ties;
 mod trimmed;
 
 pub use moments::{Moments, moments};
@@ -278,7 +280,17 @@ mod tests {
                     ops::SPARSIFY_MAGNITUDE,
                     ops::SPARSIFY_RANDOM,
                 ] {
-                    for combine in [0, 1, 2, 3] {
+                    // A magnitude trim with its upper bound and scale, and
+                    // the plain one TIES asks for (neither).
+                    let plains: &[bool] = if sparsify == ops::SPARSIFY_MAGNITUDE {
+                        &[false, true]
+                    } else {
+                        &[false]
+                    };
+                    for (combine, &plain) in [0, 1, 2, 3]
+                        .into_iter()
+                        .flat_map(|c| plains.iter().map(move |p| (c, p)))
+                    {
                         let p = MergeParams {
                             n_models: m as u32,
                             has_base: u32::from(has_base),
@@ -301,19 +313,21 @@ mod tests {
                                 ),
                                 keep_below: [0x4000_0000, u32::MAX / 3 * 2, 0, 7 << 28, 1 << 31][i],
                                 keep_all: u32::from(i == 2),
-                                scale: [4.0, 1.5, 1.0, 2.0, 0.5][i],
-                                upper_bits: [
-                                    u32::MAX,
-                                    0x3f80_0000,
-                                    u32::MAX,
-                                    u32::MAX,
-                                    0x4000_0000,
-                                ][i],
+                                scale: if plain {
+                                    1.0
+                                } else {
+                                    [4.0, 1.5, 1.0, 2.0, 0.5][i]
+                                },
+                                upper_bits: if plain {
+                                    u32::MAX
+                                } else {
+                                    [u32::MAX, 0x3f80_0000, u32::MAX, u32::MAX, 0x4000_0000][i]
+                                },
                                 ..Default::default()
                             })
                             .collect();
                         let what = format!(
-                            "{isa:?} n={n} m={m} {dtype}->{out_dtype} base={base_dtype}/{has_base} sparsify={sparsify} combine={combine}"
+                            "{isa:?} n={n} m={m} {dtype}->{out_dtype} base={base_dtype}/{has_base} sparsify={sparsify} combine={combine} plain={plain}"
                         );
                         let fast = merge::FastMerge::new(&p, &models, &inputs, base, out_dtype);
                         assert!(fast.is_some(), "{what}: not on the fast path");

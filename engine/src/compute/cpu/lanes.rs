@@ -104,11 +104,17 @@ pub(super) fn encode(src: &[f32], dst: &mut [u8], dtype: DType, tmp: &mut Vec<u1
     }
 }
 
-/// Whether the tier the loops run converts F16 with F16C: the AVX2 and
-/// AVX-512 tiers, which require it.
+/// Whether the tier the loops run has AVX2 (and F16C, which the AVX2 and
+/// AVX-512 tiers require).
+#[inline(always)]
+pub(super) fn avx2() -> bool {
+    cfg!(target_arch = "x86_64") && isa() >= Isa::Avx2
+}
+
+/// Whether the tier the loops run converts F16 with F16C: [`avx2`].
 #[inline(always)]
 pub(super) fn f16c() -> bool {
-    cfg!(target_arch = "x86_64") && isa() >= Isa::Avx2
+    avx2()
 }
 
 /// F16 conversions by F16C, 8 elements an instruction. `#[inline]` with
@@ -302,6 +308,24 @@ pub(super) fn for_each_set(flags: &[u8], mut f: impl FnMut(usize)) {
     for (j, &b) in tail.iter().enumerate() {
         if b != 0 {
             f(done + j);
+        }
+    }
+}
+
+/// Calls `f` with the index of each set bit of `bits` (bit `j % 8` of
+/// byte `j / 8`), in order: eight bytes at a time, since most are zero.
+#[inline(always)]
+pub(super) fn for_each_bit(bits: &[u8], mut f: impl FnMut(usize)) {
+    let (words, tail) = bits.as_chunks::<8>();
+    let tail_words = tail.iter().rev().fold(0u64, |w, &b| w << 8 | u64::from(b));
+    let all = words
+        .iter()
+        .map(|w| u64::from_le_bytes(*w))
+        .chain([tail_words]);
+    for (k, mut w) in all.enumerate() {
+        while w != 0 {
+            f(k * 64 + w.trailing_zeros() as usize);
+            w &= w - 1;
         }
     }
 }

@@ -5,6 +5,8 @@
 //! Anything else goes through the per-element reference (`cpu.rs`).
 
 use super::lanes::{self, BLOCK};
+#[cfg(target_arch = "x86_64")]
+use super::ties;
 use crate::DType;
 use crate::compute::Input;
 use crate::compute::ops::{self, MergeParams, ModelParams};
@@ -327,6 +329,21 @@ impl<'a> FastMerge<'a> {
     ) {
         let len = acc.len();
         let raw = |i: usize| bytes(self.inputs[i], at, len);
+        #[cfg(target_arch = "x86_64")]
+        if self.votes() && lanes::avx2() {
+            let p = self.vote_params::<M>();
+            let (xs, b) = (std::array::from_fn(raw), self.base.is_some().then_some(b));
+            // SAFETY: `avx2` says the CPU has AVX2 and F16C.
+            unsafe {
+                match dtype {
+                    DType::BF16 => ties::vote::<M, ties::Bf16>(xs, b, &p, acc),
+                    DType::F16 => ties::vote::<M, ties::F16>(xs, b, &p, acc),
+                    // F32: `new` takes no other dtype.
+                    _ => ties::vote::<M, ties::F32>(xs, b, &p, acc),
+                }
+            }
+            return;
+        }
         match dtype {
             DType::BF16 => {
                 let xs = std::array::from_fn(|i| raw(i).as_chunks::<2>().0);
@@ -366,6 +383,21 @@ impl<'a> FastMerge<'a> {
                 let xs = std::array::from_fn(|i| raw(i).as_chunks::<4>().0);
                 self.models_thin::<M, 4>(xs, b, acc, |x| x.map(f32::from_le_bytes))
             }
+        }
+    }
+
+    /// The first `M` models' parameters for [`ties::vote`]: their trims
+    /// (none keeps everything) and weights.
+    #[cfg(target_arch = "x86_64")]
+    fn vote_params<const M: usize>(&self) -> ties::Params<M> {
+        let mp: [&ModelParams; M] = std::array::from_fn(|i| &self.models[i]);
+        let trims = self.p.sparsify == ops::SPARSIFY_MAGNITUDE;
+        ties::Params {
+            weight: mp.map(|m| m.weight),
+            threshold: mp.map(|m| if trims { m.threshold_bits } else { 0 }),
+            upper: mp.map(|m| if trims { m.upper_bits } else { u32::MAX }),
+            scale: mp.map(|m| if trims { m.scale } else { 1.0 }),
+            sum_only: self.p.combine == ops::COMBINE_TIES_SUM,
         }
     }
 

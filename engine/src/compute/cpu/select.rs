@@ -17,6 +17,8 @@ use rayon::prelude::*;
 
 use super::lanes::{self, BLOCK};
 use super::merge::bytes;
+#[cfg(target_arch = "x86_64")]
+use super::ties;
 use crate::DType;
 use crate::compute::Input;
 
@@ -389,6 +391,22 @@ lanes::multiversion! {
                     t,
                 };
                 let raw = bytes(*x, at, n);
+                #[cfg(target_arch = "x86_64")]
+                if lanes::avx2() {
+                    // SAFETY: `avx2` says the CPU has AVX2 and F16C.
+                    unsafe {
+                        match x.dtype {
+                            DType::BF16 => count.avx2::<ties::Bf16, 2>(raw, w, |c| {
+                                lanes::bf16_to_f32(u16::from_le_bytes(c))
+                            }),
+                            DType::F16 => count.avx2::<ties::F16, 2>(raw, w, |c| {
+                                half::f16::from_le_bytes(c).to_f32()
+                            }),
+                            _ => count.avx2::<ties::F32, 4>(raw, w, f32::from_le_bytes),
+                        }
+                    }
+                    continue;
+                }
                 // BF16 and F32 are decoded inside the counting loop; F16
                 // a block at a time (`half`, F16C where the CPU has it).
                 match x.dtype {
@@ -437,6 +455,45 @@ impl BlockCount<'_> {
             }
             None => self.by(x.len(), |j| get(x[j])),
         }
+    }
+
+    /// [`BlockCount::from`] with the counts in AVX2 registers
+    /// ([`ties::count`]), over the elements' bytes `raw`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn avx2<L: ties::Load, const S: usize>(
+        &mut self,
+        raw: &[u8],
+        w: Option<&[f32]>,
+        get: impl Fn([u8; S]) -> f32,
+    ) {
+        let x = raw.as_chunks::<S>().0;
+        let n = x.len();
+        let bits = &mut self.flags[..n.div_ceil(8)];
+        // SAFETY: the caller's.
+        let [above, at_hi, at_lo] = unsafe { ties::count::<L>(raw, w, self.lo, self.hi, bits) };
+        let t = &mut *self.t;
+        t.above += u64::from(above);
+        t.at_hi += u64::from(at_hi);
+        t.at_lo += u64::from(at_lo);
+        // The magnitudes inside, again, for the few elements that are.
+        let mag = |j: usize| {
+            let d = match w {
+                Some(w) => get(x[j]) - w[j],
+                None => get(x[j]),
+            };
+            d.to_bits() & 0x7fff_ffff
+        };
+        let got = &mut *self.got;
+        let mut c = 0;
+        lanes::for_each_bit(bits, |j| {
+            got[c] = mag(j);
+            c += 1;
+        });
+        t.gathered.extend_from_slice(&got[..c]);
     }
 
     /// Counts the `n` deltas `delta(j)`.
