@@ -32,9 +32,19 @@ pub(super) trait Tap {
     const LOOKS: bool = true;
     /// Model `i`'s delta over the block at `at`, before sparsification.
     fn delta(&mut self, i: usize, at: usize, d: &[f32]);
-    /// Every model's delta of the block at `at` was shown: model `i`'s
-    /// `len` deltas, still unthinned, are `ds[i * BLOCK..][..len]`.
-    fn block(&mut self, at: usize, len: usize, ds: &[f32]);
+    /// Every model's delta of the `len` elements of the block at `at` was
+    /// shown.
+    fn block(&mut self, at: usize, len: usize);
+    /// Per model, the magnitude bracket `[lo, hi]` to tally when the tap
+    /// takes the trim's counts from the AVX2 vote loop (`ties.rs`) instead
+    /// of [`Tap::delta`]; `None` where it does not.
+    fn brackets(&self) -> Option<&[Option<(u32, u32)>]> {
+        None
+    }
+    /// The vote loop tallied the `len` elements of the block at `at`: per
+    /// model its counts (above `hi`, at `hi`, at `lo`), and bit `j` of
+    /// `undecided` set where some model's magnitude lies in `[lo, hi)`.
+    fn tallied(&mut self, _at: usize, _len: usize, _counts: &[[u32; 3]], _undecided: &[u8]) {}
 }
 
 /// The plain merge shows nothing.
@@ -43,7 +53,7 @@ impl Tap for () {
     #[inline(always)]
     fn delta(&mut self, _: usize, _: usize, _: &[f32]) {}
     #[inline(always)]
-    fn block(&mut self, _: usize, _: usize, _: &[f32]) {}
+    fn block(&mut self, _: usize, _: usize) {}
 }
 
 /// Per-thread buffers, reused across chunks.
@@ -162,7 +172,12 @@ impl<'a> FastMerge<'a> {
             // over the block. Random thinning vectorises only in a loop of
             // its own, so it is never fused.
             let fuse = !T::LOOKS && self.p.sparsify != ops::SPARSIFY_RANDOM;
-            if !(fuse && self.all_models(at, b, acc, ds, bits)) {
+            let done = if fuse {
+                self.all_models(at, b, acc, ds, bits)
+            } else {
+                T::LOOKS && self.vote_tallied(at, b, acc, tap)
+            };
+            if !done {
                 if fuse {
                     // Each model's delta is formed, thinned, kept for the
                     // vote and added in one loop, `acc + w·thin(x − b)`, the
@@ -175,7 +190,7 @@ impl<'a> FastMerge<'a> {
                     for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
                         self.delta(i, at, b, &mut d[..len], bits, tap);
                     }
-                    tap.block(at, len, ds);
+                    tap.block(at, len);
                     for (i, d) in ds.chunks_exact_mut(BLOCK).enumerate() {
                         self.sparsify(i, at, &mut d[..len]);
                     }
@@ -304,6 +319,69 @@ impl<'a> FastMerge<'a> {
         true
     }
 
+    /// The block at `at` through the AVX2 vote loop, which tallies the
+    /// trim's counts for `tap` as it merges: `acc` gets the combined
+    /// deltas. `false` (nothing done) unless the tap tallies there, the
+    /// merge votes, and [`FastMerge::all_models`] would take the block.
+    #[inline(always)]
+    fn vote_tallied<T: Tap>(&self, at: usize, b: &[f32], acc: &mut [f32], tap: &mut T) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(dtype), true, true) = (
+            self.dtype,
+            self.votes() && self.p.sparsify != ops::SPARSIFY_RANDOM,
+            lanes::avx2(),
+        ) {
+            match self.models.len() {
+                2 => return self.vote_tallied_m::<2, T>(dtype, at, b, acc, tap),
+                3 => return self.vote_tallied_m::<3, T>(dtype, at, b, acc, tap),
+                4 => return self.vote_tallied_m::<4, T>(dtype, at, b, acc, tap),
+                _ => {}
+            }
+        }
+        let _ = (at, b, acc, tap);
+        false
+    }
+
+    /// [`FastMerge::vote_tallied`] for `M` models of `dtype`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn vote_tallied_m<const M: usize, T: Tap>(
+        &self,
+        dtype: DType,
+        at: usize,
+        b: &[f32],
+        acc: &mut [f32],
+        tap: &mut T,
+    ) -> bool {
+        let Some(brackets) = tap.brackets() else {
+            return false;
+        };
+        let none = (u32::MAX, u32::MAX);
+        let brackets = std::array::from_fn(|i| brackets.get(i).copied().flatten().unwrap_or(none));
+        let len = acc.len();
+        let mut undecided = [0u8; BLOCK / 8];
+        let mut tally = ties::Tally {
+            brackets,
+            counts: [[0; 3]; M],
+            undecided: &mut undecided,
+        };
+        let p = self.vote_params::<M>();
+        let xs = std::array::from_fn(|i| bytes(self.inputs[i], at, len));
+        let b = self.base.is_some().then_some(b);
+        let t = Some(&mut tally);
+        // SAFETY: `avx2` (the caller's test) says the CPU has AVX2 and F16C.
+        unsafe {
+            match dtype {
+                DType::BF16 => ties::vote::<M, ties::Bf16>(xs, b, &p, acc, t),
+                DType::F16 => ties::vote::<M, ties::F16>(xs, b, &p, acc, t),
+                _ => ties::vote::<M, ties::F32>(xs, b, &p, acc, t),
+            }
+        }
+        let counts = tally.counts;
+        tap.tallied(at, len, &counts, &undecided[..len.div_ceil(8)]);
+        true
+    }
+
     /// Whether the combination is TIES' sign election.
     fn votes(&self) -> bool {
         let c = self.p.combine;
@@ -336,10 +414,10 @@ impl<'a> FastMerge<'a> {
             // SAFETY: `avx2` says the CPU has AVX2 and F16C.
             unsafe {
                 match dtype {
-                    DType::BF16 => ties::vote::<M, ties::Bf16>(xs, b, &p, acc),
-                    DType::F16 => ties::vote::<M, ties::F16>(xs, b, &p, acc),
+                    DType::BF16 => ties::vote::<M, ties::Bf16>(xs, b, &p, acc, None),
+                    DType::F16 => ties::vote::<M, ties::F16>(xs, b, &p, acc, None),
                     // F32: `new` takes no other dtype.
-                    _ => ties::vote::<M, ties::F32>(xs, b, &p, acc),
+                    _ => ties::vote::<M, ties::F32>(xs, b, &p, acc, None),
                 }
             }
             return;

@@ -138,6 +138,9 @@ struct Records<'a> {
     at: Vec<u32>,
     /// Their bytes: per model, then the base's.
     bytes: Vec<Vec<u8>>,
+    /// Scratch for decoding recorded elements.
+    f: Vec<f32>,
+    tmp: Vec<u16>,
 }
 
 impl<'a> Records<'a> {
@@ -161,6 +164,49 @@ impl<'a> Records<'a> {
                 .chain(&base)
                 .map(|x| Vec::with_capacity(RESERVE * x.dtype.size()))
                 .collect(),
+            f: Vec::new(),
+            tmp: Vec::new(),
+        }
+    }
+
+    /// Records the elements `at + j` for each `j` of `idx` (in order): their
+    /// bytes, and each model's magnitude where it lies strictly inside its
+    /// bracket, computed again from those bytes as the merge computed it.
+    fn record(&mut self, at: usize, idx: &[u16]) {
+        if idx.is_empty() {
+            return;
+        }
+        let from = at - self.start;
+        let old = self.at.len();
+        self.at
+            .extend(idx.iter().map(|&j| (from + usize::from(j)) as u32));
+        for (x, bytes) in self.inputs.iter().chain(&self.base).zip(&mut self.bytes) {
+            match x.dtype.size() {
+                2 => gather::<2>(bytes, x.bytes, at, idx),
+                _ => gather::<4>(bytes, x.bytes, at, idx),
+            }
+        }
+        let n = idx.len();
+        self.f.resize(2 * n, 0.0);
+        let (d, b) = self.f.split_at_mut(n);
+        let m = self.inputs.len();
+        let new = |i: usize, x: &Input<'_>| &self.bytes[i][old * x.dtype.size()..];
+        if let Some(base) = self.base {
+            lanes::decode(new(m, &base), base.dtype, b, &mut self.tmp);
+        }
+        for (i, x) in self.inputs.iter().enumerate() {
+            let Some((lo, hi)) = self.brackets[i] else {
+                continue;
+            };
+            lanes::decode(new(i, x), x.dtype, d, &mut self.tmp);
+            if self.base.is_some() {
+                d.iter_mut().zip(b.iter()).for_each(|(v, b)| *v -= b);
+            }
+            self.inside[i].extend(
+                d.iter()
+                    .map(|v| v.to_bits() & 0x7fff_ffff)
+                    .filter(|&m| m > lo && m < hi),
+            );
         }
     }
 
@@ -220,9 +266,7 @@ impl Tap for Records<'_> {
     }
 
     #[inline(always)]
-    fn block(&mut self, at: usize, len: usize, ds: &[f32]) {
-        // The flagged elements' indices, then one tight loop per array
-        // they feed.
+    fn block(&mut self, at: usize, len: usize) {
         let mut idx = [0u16; BLOCK];
         let mut c = 0;
         lanes::for_each_set(&self.flags[..len], |j| {
@@ -230,29 +274,31 @@ impl Tap for Records<'_> {
             c += 1;
         });
         self.flags[..len].fill(0);
-        let idx = &idx[..c];
-        if idx.is_empty() {
-            return;
-        }
-        let from = at - self.start;
-        self.at
-            .extend(idx.iter().map(|&j| (from + usize::from(j)) as u32));
-        for (x, bytes) in self.inputs.iter().chain(&self.base).zip(&mut self.bytes) {
-            match x.dtype.size() {
-                2 => gather::<2>(bytes, x.bytes, at, idx),
-                _ => gather::<4>(bytes, x.bytes, at, idx),
+        self.record(at, &idx[..c]);
+    }
+
+    fn brackets(&self) -> Option<&[Option<(u32, u32)>]> {
+        Some(self.brackets)
+    }
+
+    #[inline(always)]
+    fn tallied(&mut self, at: usize, _len: usize, counts: &[[u32; 3]], undecided: &[u8]) {
+        for ((c, b), &[above, at_hi, at_lo]) in
+            self.counts.iter_mut().zip(self.brackets).zip(counts)
+        {
+            if b.is_some() {
+                c.above += u64::from(above);
+                c.at_hi += u64::from(at_hi);
+                c.at_lo += u64::from(at_lo);
             }
         }
-        for (i, b) in self.brackets.iter().enumerate() {
-            if let Some((lo, hi)) = *b {
-                let d = &ds[i * BLOCK..];
-                self.inside[i].extend(
-                    idx.iter()
-                        .map(|&j| d[usize::from(j)].to_bits() & 0x7fff_ffff)
-                        .filter(|&m| m > lo && m < hi),
-                );
-            }
-        }
+        let mut idx = [0u16; BLOCK];
+        let mut c = 0;
+        lanes::for_each_bit(undecided, |j| {
+            idx[c] = j as u16;
+            c += 1;
+        });
+        self.record(at, &idx[..c]);
     }
 }
 
