@@ -78,6 +78,25 @@ fn merge_reference(
         });
 }
 
+/// The statistics of (a, b) relative to `base`, chunk by chunk in order:
+/// every sum, or with `only_norms` Σa², Σb² and Σa·b alone.
+fn sums(a: Input<'_>, b: Input<'_>, base: Option<Input<'_>>, only_norms: bool) -> StatSums {
+    let n = a.len();
+    let parts: Vec<StatSums> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map_init(stats::Scratch::default, |s, c| {
+            let start = c * CHUNK;
+            let len = CHUNK.min(n - start);
+            stats::chunk(s, a, b, base, start, len, only_norms)
+        })
+        .collect();
+    let mut total = StatSums::default();
+    for s in &parts {
+        total.add(s);
+    }
+    total
+}
+
 impl Backend for Cpu {
     #[allow(clippy::too_many_arguments)]
     fn merge(
@@ -138,20 +157,17 @@ impl Backend for Cpu {
         b: Input<'_>,
         base: Option<Input<'_>>,
     ) -> Result<StatSums> {
-        let n = a.len();
-        let parts: Vec<StatSums> = (0..n.div_ceil(CHUNK))
-            .into_par_iter()
-            .map_init(stats::Scratch::default, |s, c| {
-                let start = c * CHUNK;
-                let len = CHUNK.min(n - start);
-                stats::chunk(s, a, b, base, start, len)
-            })
-            .collect();
-        let mut total = StatSums::default();
-        for s in &parts {
-            total.add(s);
-        }
-        Ok(total)
+        Ok(sums(a, b, base, false))
+    }
+
+    fn norms_dot(
+        &self,
+        _tensor: &str,
+        a: Input<'_>,
+        b: Input<'_>,
+        base: Option<Input<'_>>,
+    ) -> Result<StatSums> {
+        Ok(sums(a, b, base, true))
     }
 
     fn kth_largest_abs(
@@ -364,6 +380,38 @@ mod tests {
         assert!(merge::FastMerge::new(&p, &[padded], &inputs, None, DType::F32).is_none());
     }
 
+    /// The norms pass gives the statistics pass's Σa², Σb² and Σa·b, bit
+    /// for bit, on (a, b) relative to `c` and on their finite values alone
+    /// (NaN makes every sum NaN).
+    fn norms_dot_match_stats(isa: lanes::Isa, a: Input<'_>, b: Input<'_>, c: Option<Input<'_>>) {
+        let finite = |x: Input<'_>| {
+            let mut v = vec![0f32; x.len()];
+            decode(x, 0, &mut v);
+            v.iter_mut()
+                .filter(|v| !v.is_finite())
+                .for_each(|v| *v = 1.5);
+            unaligned(x.dtype, &v)
+        };
+        let (fa, fb) = (finite(a), finite(b));
+        let (fa, fb) = (Input::new(a.dtype, &fa[1..]), Input::new(b.dtype, &fb[1..]));
+        let fc = c.map(finite);
+        let fc = c
+            .zip(fc.as_ref())
+            .map(|(c, f)| Input::new(c.dtype, &f[1..]));
+        for (a, b, c) in [(a, b, c), (fa, fb, fc)] {
+            let want = Cpu.stats("t", a, b, c).expect("stats");
+            let got = Cpu.norms_dot("t", a, b, c).expect("norms");
+            for (g, w) in [(got.a2, want.a2), (got.b2, want.b2), (got.dot, want.dot)] {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{isa:?} n={} {}: norms_dot {g} vs {w}",
+                    a.len(),
+                    a.dtype
+                );
+            }
+        }
+    }
+
     #[test]
     fn fast_stats_match_the_reference() {
         lanes::on_every_isa(fast_stats_match_the_reference_on);
@@ -386,6 +434,7 @@ mod tests {
                 let b2 = Input::new(dtype, &same[1..]);
                 for (bb, base) in [(b, None), (b2, None), (b, Some(c))] {
                     let got = Cpu.stats("t", a, bb, base).expect("stats");
+                    norms_dot_match_stats(isa, a, bb, base);
                     let mut want = StatSums::default();
                     let (mut xa, mut xb, mut xc) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
                     decode(a, 0, &mut xa);

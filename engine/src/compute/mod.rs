@@ -28,7 +28,7 @@ pub use cpu::{Moments, moments};
 pub use device::{Device, DeviceChoice, GpuInfo};
 pub use error::{ComputeError, Result};
 pub use gpu::GpuContext;
-pub use run::{Combine, DiffStats, MergeOptions, MergeSpec, Rescale, Sparsify, Term};
+pub use run::{Combine, DiffStats, MergeOptions, MergeSpec, NormsDot, Rescale, Sparsify, Term};
 
 use crate::DType;
 
@@ -122,6 +122,20 @@ pub(crate) trait Backend {
         b: Input<'_>,
         base: Option<Input<'_>>,
     ) -> Result<ops::StatSums>;
+
+    /// Σa², Σb² and Σa·b over (a, b) relative to `base`, the values
+    /// [`Backend::stats`] gives them (the other sums unspecified): the
+    /// norms and dot of SLERP and model_stock's cosines. The CPU sums these
+    /// alone; by default the whole statistics pass runs.
+    fn norms_dot(
+        &self,
+        tensor: &str,
+        a: Input<'_>,
+        b: Input<'_>,
+        base: Option<Input<'_>>,
+    ) -> Result<ops::StatSums> {
+        self.stats(tensor, a, b, base)
+    }
 
     /// Bits of the `k`-th largest |x − base| (1-based; `1 <= k <= len`).
     fn kth_largest_abs(

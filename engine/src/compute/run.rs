@@ -92,6 +92,17 @@ pub struct MergeSpec<'a> {
     pub lambda: f32,
 }
 
+/// Two tensors' norms and inner product ([`Device::norms_dot`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NormsDot {
+    /// ‖a‖ (of a − base with a base).
+    pub norm_a: f64,
+    /// ‖b‖ (of b − base with a base).
+    pub norm_b: f64,
+    /// a·b (of the deltas with a base).
+    pub dot: f64,
+}
+
 /// Statistics of a change from `old` to `new` (see [`Device::diff_stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DiffStats {
@@ -360,16 +371,19 @@ impl Device {
 
     /// Statistics of the change from `old` to `new` in one fused pass.
     pub fn diff_stats(&self, tensor: &str, old: Input<'_>, new: Input<'_>) -> Result<DiffStats> {
-        self.sums(tensor, old, new, None)
+        self.sums(tensor, old, new, None, false)
             .map(|s| DiffStats::from_sums(&s))
     }
 
+    /// The statistics pass over (a, b) relative to `base`, checked: every
+    /// sum, or with `only_norms` Σa², Σb² and Σa·b.
     fn sums(
         &self,
         tensor: &str,
         a: Input<'_>,
         b: Input<'_>,
         base: Option<Input<'_>>,
+        only_norms: bool,
     ) -> Result<StatSums> {
         let n = a.len();
         same_len(tensor, "old", a, n)?;
@@ -383,7 +397,11 @@ impl Device {
         if n == 0 {
             return Ok(StatSums::default());
         }
-        self.backend().stats(tensor, a, b, base)
+        if only_norms {
+            self.backend().norms_dot(tensor, a, b, base)
+        } else {
+            self.backend().stats(tensor, a, b, base)
+        }
     }
 
     /// Statistics of `a − base` against `b − base` (`norm_old` is ‖a − base‖,
@@ -395,8 +413,26 @@ impl Device {
         a: Input<'_>,
         b: Input<'_>,
     ) -> Result<DiffStats> {
-        self.sums(tensor, a, b, Some(base))
+        self.sums(tensor, a, b, Some(base), false)
             .map(|s| DiffStats::from_sums(&s))
+    }
+
+    /// ‖a − base‖, ‖b − base‖ and their inner product (of a and b without
+    /// a base): the values [`Device::delta_stats`] and
+    /// [`Device::diff_stats`] give, from a pass that sums these alone.
+    pub fn norms_dot(
+        &self,
+        tensor: &str,
+        a: Input<'_>,
+        b: Input<'_>,
+        base: Option<Input<'_>>,
+    ) -> Result<NormsDot> {
+        let s = self.sums(tensor, a, b, base, true)?;
+        Ok(NormsDot {
+            norm_a: s.a2.sqrt(),
+            norm_b: s.b2.sqrt(),
+            dot: s.dot,
+        })
     }
 
     /// The cosine between every pair of models' deltas from `base`
@@ -413,8 +449,8 @@ impl Device {
         let mut out = vec![1.0; m * m];
         for i in 0..m {
             for j in i + 1..m {
-                let s = self.delta_stats(tensor, base, models[i], models[j])?;
-                let cos = (s.dot / (s.norm_old * s.norm_new).max(1e-6)).clamp(-1.0, 1.0);
+                let s = self.norms_dot(tensor, models[i], models[j], Some(base))?;
+                let cos = (s.dot / (s.norm_a * s.norm_b).max(1e-6)).clamp(-1.0, 1.0);
                 out[i * m + j] = cos;
                 out[j * m + i] = cos;
             }
@@ -436,11 +472,11 @@ impl Device {
         out: &mut [u8],
         out_dtype: DType,
     ) -> Result<()> {
-        let s = self.sums(tensor, a, b, None)?;
+        let s = self.norms_dot(tensor, a, b, None)?;
         // As mergekit: a norm of at most 1e-8 counts as 1 (so a zero tensor
         // is orthogonal to everything and interpolates spherically).
-        let norm = |sq: f64| if sq.sqrt() > 1e-8 { sq.sqrt() } else { 1.0 };
-        let cos = (s.dot / (norm(s.a2) * norm(s.b2))).clamp(-1.0, 1.0);
+        let norm = |n: f64| if n > 1e-8 { n } else { 1.0 };
+        let cos = (s.dot / (norm(s.norm_a) * norm(s.norm_b))).clamp(-1.0, 1.0);
         let t64 = f64::from(t);
         let (c0, c1) = if 1.0 - cos.abs() < eps {
             (1.0 - t64, t64)

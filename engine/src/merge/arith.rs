@@ -477,11 +477,8 @@ fn nuslerp(m: &DeviceMerge, job: &Job<'_>) -> Out {
         };
         return nuslerp_lanes(job, t, x0, x1, base, axis);
     }
-    let s = match base {
-        Some(b) => m.device.delta_stats(job.name, b, x0, x1)?,
-        None => m.device.diff_stats(job.name, x0, x1)?,
-    };
-    let (c0, c1) = nuslerp_coefficients(t, s.norm_old, s.norm_new, s.dot);
+    let s = m.device.norms_dot(job.name, x0, x1, base)?;
+    let (c0, c1) = nuslerp_coefficients(t, s.norm_a, s.norm_b, s.dot);
     let terms = [(x0, c0), (x1, c1)];
     weighted(
         &m.device,

@@ -24,7 +24,9 @@ pub(super) struct Scratch {
 }
 
 lanes::multiversion! {
-    /// Sums over elements `start..start + len` of (a, b), relative to `base`.
+    /// Sums over elements `start..start + len` of (a, b), relative to
+    /// `base`: every one, or with `only_norms` Σa², Σb² and Σa·b alone (the
+    /// same values; the rest left 0).
     pub(super) fn chunk(
         s: &mut Scratch,
         a: Input<'_>,
@@ -32,6 +34,7 @@ lanes::multiversion! {
         base: Option<Input<'_>>,
         start: usize,
         len: usize,
+        only_norms: bool,
     ) -> StatSums {
         s.f.resize(3 * BLOCK, 0.0);
         let mut out = StatSums::default();
@@ -50,7 +53,11 @@ lanes::multiversion! {
                     *v -= w;
                 }
             }
-            out.add(&block(xa, xb));
+            out.add(&if only_norms {
+                norms(xa, xb)
+            } else {
+                block(xa, xb)
+            });
             at += n;
         }
         out.n = len as u64;
@@ -58,10 +65,47 @@ lanes::multiversion! {
     }
 }
 
+/// Per lane, Σa², Σb² and Σa·b over the block's whole sets of
+/// [`LANES`] elements: the first of [`block`]'s loops.
+#[inline(always)]
+fn lane_norms(xa: &[f32], xb: &[f32]) -> [[f64; LANES]; 3] {
+    let [mut a2, mut b2, mut dot] = [[0f64; LANES]; 3];
+    for (ua, ub) in xa.chunks_exact(LANES).zip(xb.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let (u64_, v64) = (f64::from(ua[l]), f64::from(ub[l]));
+            a2[l] += u64_ * u64_;
+            b2[l] += v64 * v64;
+            dot[l] += u64_ * v64;
+        }
+    }
+    [a2, b2, dot]
+}
+
+/// [`block`]'s Σa², Σb² and Σa·b alone (SLERP's norms and dot), the same
+/// values; the other sums are left 0.
+#[inline(always)]
+fn norms(xa: &[f32], xb: &[f32]) -> StatSums {
+    let [a2, b2, dot] = lane_norms(xa, xb);
+    let mut out = StatSums::default();
+    for l in 0..LANES {
+        out.a2 += a2[l];
+        out.b2 += b2[l];
+        out.dot += dot[l];
+    }
+    let tail = xa.len() - xa.len() % LANES;
+    for (&u, &v) in xa[tail..].iter().zip(&xb[tail..]) {
+        let (u, v) = (f64::from(u), f64::from(v));
+        out.a2 += u * u;
+        out.b2 += v * v;
+        out.dot += u * v;
+    }
+    out
+}
+
 /// The sums of one block of decoded elements (`n` is left 0).
 #[inline(always)]
 fn block(xa: &[f32], xb: &[f32]) -> StatSums {
-    let [mut a2, mut b2, mut d2, mut dot, mut sd] = [[0f64; LANES]; 5];
+    let [mut d2, mut sd] = [[0f64; LANES]; 2];
     let mut max = [0f32; LANES];
     let mut changed = [0u32; LANES];
     let (va, vb) = (xa.chunks_exact(LANES), xb.chunks_exact(LANES));
@@ -71,14 +115,7 @@ fn block(xa: &[f32], xb: &[f32]) -> StatSums {
     // vector registers than AVX2 has, and the spills cost more than the
     // second read. Each sum adds the same terms in the same order either
     // way, so the results are the same.
-    for (ua, ub) in va.clone().zip(vb.clone()) {
-        for l in 0..LANES {
-            let (u64_, v64) = (f64::from(ua[l]), f64::from(ub[l]));
-            a2[l] += u64_ * u64_;
-            b2[l] += v64 * v64;
-            dot[l] += u64_ * v64;
-        }
-    }
+    let [a2, b2, dot] = lane_norms(xa, xb);
     for (ua, ub) in va.zip(vb) {
         for l in 0..LANES {
             let (u, v) = (ua[l], ub[l]);
