@@ -48,7 +48,7 @@ objs HEAD~1 > "$WORK/old.list"
 objs HEAD > "$WORK/new.list"
 readboth() { sh -c 'cat "$0" "$1" | xargs cat > /dev/null' "$WORK/old.list" "$WORK/new.list"; }
 
-CHANGED=$(git theta diff HEAD~1 HEAD --stat | head -n 1)
+CHANGED=$(git theta diff HEAD~1 HEAD --stat | sed -n 1p)
 echo "# $CHANGED"
 echo "# device: $(git theta doctor 2>/dev/null | grep -i 'will use' || echo "${THETA_DEVICE:-auto}")"
 readboth; readboth # warm the page cache

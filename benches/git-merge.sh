@@ -47,7 +47,7 @@ git switch -qc theirs
 version 3; git commit -qam theirs
 git switch -qc ours main
 version 2; git commit -qam ours
-echo "# checkpoint: $(stat -c %s model.safetensors) bytes, $(git show HEAD:model.safetensors | head -1 | grep -o '"tensors":[0-9]*')"
+echo "# checkpoint: $(stat -c %s model.safetensors) bytes, $(git show HEAD:model.safetensors | sed -n 1p | grep -o '"tensors":[0-9]*')"
 
 # The driver alone, on the three manifests, as git runs it (it writes the
 # merged manifest over its second argument).

@@ -75,7 +75,7 @@ echo "apply-lora writes the same bytes as the commit:"
 sha256sum model.safetensors "$dir/merged.safetensors" | sed "s|$dir/||"
 
 step "what git stores for the checkpoint: a manifest (first lines)"
-git show HEAD:model.safetensors | head -n 3 | cut -c1-160
+git show HEAD:model.safetensors | sed -n 1,3p | cut -c1-160
 step "check out the first commit again: byte for byte the original"
 git checkout -q HEAD~2 -- model.safetensors
 sha256sum model.safetensors "$dir/base/model.safetensors" | sed "s|$dir/||"
@@ -91,7 +91,7 @@ git switch -q -
 # layer 1: only `other` changed it, taken whole; layer 3's up_proj: changed on
 # both branches, averaged (the default; .theta.toml can choose ties, ...).
 git -c user.name=demo -c user.email=demo@example.com merge --no-edit other
-git log --oneline --graph | head -n 5
+git log --oneline --graph | sed -n 1,5p
 git status --short
 cd "$dir"
 
